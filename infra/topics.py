@@ -1,0 +1,87 @@
+"""Topic provisioning on whatever cluster is configured, idempotently.
+
+``ensure_topics`` creates only what is missing and reports each registry topic as
+``created`` or ``exists``; a topic that exists with a different partition count is reported,
+not "fixed" (partitions can only be added, keys would move, and tansu cannot add them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.errors import MotcuaError
+from schemas.topics import TopicSpec
+
+
+class TopicError(MotcuaError):
+    """Provisioning failed; the message keeps Kafka's error code and description."""
+
+
+@dataclass(frozen=True)
+class TopicStatus:
+    name: str
+    status: str  # "created" | "exists" | "missing"
+    partitions: int | None  # as found on the cluster
+    spec: TopicSpec
+
+    @property
+    def note(self) -> str:
+        if self.partitions is not None and self.partitions != self.spec.partitions:
+            return (f"has {self.partitions} partitions, the registry asks for "
+                    f"{self.spec.partitions}")
+        return ""
+
+
+def kafka_reason(exc: KafkaError) -> str:
+    """The client's error name and description, once (kafka-python repeats the name)."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def admin_client(kafka_config: dict[str, Any]) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(client_id="motcua-admin", request_timeout_ms=10_000,
+                                **kafka_config)
+    except KafkaError as exc:
+        raise TopicError(f"cannot reach Kafka at {','.join(kafka_config['bootstrap_servers'])}"
+                         f": {kafka_reason(exc)}") from None
+
+
+def _partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str, int]:
+    present = set(admin.list_topics())
+    wanted = [n for n in names if n in present]
+    if not wanted:
+        return {}
+    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(wanted)}
+
+
+def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec]) -> list[TopicStatus]:
+    specs = list(specs)
+    counts = _partition_counts(admin, [s.name for s in specs])
+    missing = [s for s in specs if s.name not in counts]
+    created: set[str] = set()
+    for spec in missing:
+        try:
+            admin.create_topics([NewTopic(spec.name, spec.partitions, 1,
+                                          topic_configs=dict(spec.configs))])
+            created.add(spec.name)
+        except TopicAlreadyExistsError:
+            pass  # another provisioner won the race: it exists, which is all we want
+        except KafkaError as exc:
+            raise TopicError(f"creating {spec.name}: {kafka_reason(exc)}") from None
+    counts.update(_partition_counts(admin, [s.name for s in missing]))
+    return [TopicStatus(s.name, "created" if s.name in created else "exists",
+                        counts.get(s.name), s) for s in specs]
+
+
+def describe(admin: KafkaAdminClient, specs: Iterable[TopicSpec]) -> list[TopicStatus]:
+    specs = list(specs)
+    counts = _partition_counts(admin, [s.name for s in specs])
+    return [TopicStatus(s.name, "exists" if s.name in counts else "missing",
+                        counts.get(s.name), s) for s in specs]

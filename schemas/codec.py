@@ -1,0 +1,126 @@
+"""Bytes ⇄ typed events.
+
+``decode`` is the only door into the system for an event: it turns any bytes into a typed,
+current-version event or raises one ``SchemaError`` naming the field and the reason. It never
+lets a pydantic or JSON traceback through, so a consumer can dead-letter the message with a
+readable reason and go on. ``canonical`` is the one encoding used for hashing and the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.errors import SchemaError
+from schemas.events import EVENT_TYPES, AnyEvent
+from schemas.upcasters import CURRENT_VERSION, upcast
+
+#: A real envelope is ~600 bytes; anything this large is garbage or an attack.
+MAX_EVENT_BYTES = 16 * 1024
+
+
+def canonical(obj: Any) -> bytes:
+    """Sorted keys at every level, UTF-8 (not \\u escapes), no insignificant whitespace."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def content_hash(envelope: dict[str, Any]) -> str:
+    """sha256 hex of the canonical envelope without ``hash`` and ``sig``."""
+    body = {k: v for k, v in envelope.items() if k not in ("hash", "sig")}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def encode(event: AnyEvent) -> bytes:
+    """The event's canonical wire form."""
+    return canonical(event.model_dump(mode="json"))
+
+
+def decode(raw: bytes | str) -> AnyEvent:
+    """Parse, upcast and validate one event. Raises ``SchemaError`` for anything wrong."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise SchemaError("<message>", f"{len(raw):,} bytes is over the {MAX_EVENT_BYTES:,}-byte "
+                                       "limit for one event")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError("<message>", f"not valid UTF-8 (byte {exc.start}: "
+                                       f"{raw[exc.start:exc.start + 1]!r})") from None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError("<message>", f"not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise SchemaError("<message>", f"expected a JSON object, got {_json_kind(obj)}")
+    cls = EVENT_TYPES[_check_type(obj)]
+    _check_version(obj)
+    wire_hash = content_hash(obj)
+    upcasted = upcast(obj)
+    try:
+        if upcasted is obj:
+            event = cls.model_validate_json(raw, strict=True)
+        else:
+            event = cls.model_validate_json(canonical(upcasted), strict=True)
+    except ValidationError as exc:
+        raise _schema_error(exc, obj["type"]) from None
+    event._wire_hash = wire_hash
+    return event
+
+
+def _check_type(obj: dict[str, Any]) -> str:
+    event_type = obj.get("type")
+    if event_type is None:
+        raise SchemaError("type", "required field is missing")
+    if not isinstance(event_type, str):
+        raise SchemaError("type", f"expected a string, got {_json_kind(event_type)}")
+    if event_type not in EVENT_TYPES:
+        raise SchemaError("type", f"unknown event type {event_type[:60]!r} "
+                                  f"(known: {', '.join(sorted(EVENT_TYPES))})")
+    return event_type
+
+
+def _check_version(obj: dict[str, Any]) -> None:
+    version = obj.get("schema_version")
+    current = CURRENT_VERSION[obj["type"]]
+    if version is None:
+        raise SchemaError("schema_version", "required field is missing")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SchemaError("schema_version", f"expected an integer, got {_json_kind(version)}")
+    if version < 1:
+        raise SchemaError("schema_version", f"{version} is not a version (versions start at 1)")
+    if version > current:
+        raise SchemaError("schema_version",
+                          f"version {version} of {obj['type']} is from the future: this reader "
+                          f"knows up to version {current}; upgrade motcua to read it")
+
+
+def _schema_error(exc: ValidationError, event_type: str) -> SchemaError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "<event>"
+    kind = first["type"]
+    if kind == "missing":
+        reason = "required field is missing"
+    elif kind == "extra_forbidden":
+        reason = f"unexpected field (not part of {event_type} version {CURRENT_VERSION[event_type]})"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        reason = f"{msg} (got {_short(first.get('input'))})"
+    if len(errors) > 1:
+        reason += f"; and {len(errors) - 1} more problem(s)"
+    return SchemaError(where, reason)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
