@@ -119,7 +119,7 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self._log = open(self.log_path, "ab")
         # Own session: a Ctrl-C in the terminal reaches motcua, which then stops the broker
         # in order, instead of killing it under clients that are still flushing.
         self._proc = subprocess.Popen(

@@ -44,7 +44,7 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "create":
         provision(settings, bootstrap, say)
         return 0
-    admin = admin_client(settings.kafka_config(bootstrap))
+    admin = admin_client(settings.kafka_config(bootstrap), settings.kafka_bootstrap_timeout_ms)
     try:
         rows = describe(admin, topic_specs(settings.topic_prefix))
     finally:

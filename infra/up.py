@@ -44,7 +44,7 @@ def wait_for_stop_signal() -> str:
 
 
 def provision(settings: Settings, bootstrap: str, say: Say) -> None:
-    admin = admin_client(settings.kafka_config(bootstrap))
+    admin = admin_client(settings.kafka_config(bootstrap), settings.kafka_bootstrap_timeout_ms)
     try:
         statuses = ensure_topics(admin, topic_specs(settings.topic_prefix))
     finally:

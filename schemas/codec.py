@@ -9,6 +9,7 @@ readable reason and go on. ``canonical`` is the one encoding used for hashing an
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -98,18 +99,44 @@ def _check_version(obj: dict[str, Any]) -> None:
                           f"knows up to version {current}; upgrade motcua to read it")
 
 
+# What a pattern-checked field should look like, in words rather than a regular expression.
+_PATTERN_HINTS = {
+    "event_id": "expected a UUID or a ULID",
+    "origin": "expected a commune's 5-digit GSO code or site-<name>",
+    "receiving_node": "expected a commune's 5-digit GSO code or site-<name>",
+    "dossier_id": "expected 1-64 letters, digits or . _ : -, starting with a letter or digit",
+    "hash": "expected 64 lowercase hex digits (sha256)",
+    "prev_hash": "expected 64 lowercase hex digits (sha256)",
+    "applicant_hash": "expected 64 lowercase hex digits (a salted sha256)",
+    "sig": "expected the base64 of a 64-byte Ed25519 signature",
+    "procedure_code": "expected 1-32 letters, digits or . _ -",
+}
+# Cross-field validators say which field they blame as "<field>: <reason>".
+_BLAMED = re.compile(r"^([a-z_][a-z_.]*): (.*)$", re.DOTALL)
+
+
 def _schema_error(exc: ValidationError, event_type: str) -> SchemaError:
     errors = exc.errors(include_url=False)
     first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "<event>"
+    loc = [str(part) for part in first["loc"]]
     kind = first["type"]
     if kind == "missing":
         reason = "required field is missing"
     elif kind == "extra_forbidden":
-        reason = f"unexpected field (not part of {event_type} version {CURRENT_VERSION[event_type]})"
+        version = CURRENT_VERSION[event_type]
+        reason = f"unexpected field (not part of {event_type} version {version})"
+    elif kind == "value_error":
+        reason = first["msg"].removeprefix("Value error, ")
+        blamed = _BLAMED.match(reason)
+        if blamed:
+            loc.append(blamed.group(1))
+            reason = blamed.group(2)
     else:
-        msg = first["msg"].removeprefix("Value error, ")
-        reason = f"{msg} (got {_short(first.get('input'))})"
+        hint = None
+        if kind == "string_pattern_mismatch" and loc:
+            hint = _PATTERN_HINTS.get(loc[-1])
+        reason = f"{hint or first['msg']} (got {_short(first.get('input'))})"
+    where = ".".join(loc) or "<event>"
     if len(errors) > 1:
         reason += f"; and {len(errors) - 1} more problem(s)"
     return SchemaError(where, reason)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 
-class Channel(str, Enum):
+class Channel(StrEnum):
     """Hình thức tiếp nhận: how a dossier reached the centre."""
 
     in_person = "in_person"
@@ -63,7 +63,7 @@ PAUSED = frozenset({DossierStatus.SUPPLEMENT_REQUESTED, DossierStatus.AWAITING_F
                     DossierStatus.STOPPED})
 
 
-class Timeliness(str, Enum):
+class Timeliness(StrEnum):
     """Against the promised return date (ngày hẹn trả)."""
 
     early = "early"
@@ -75,7 +75,7 @@ class Timeliness(str, Enum):
         return {"early": "Trước hạn", "on_time": "Đúng hạn", "late": "Quá hạn"}[self.value]
 
 
-class HotlineCategory(str, Enum):
+class HotlineCategory(StrEnum):
     """Categories of calls to hotline 1022 at the provincial centre."""
 
     procedure = "procedure"

@@ -7,7 +7,7 @@ No citizen personal data travels: an applicant is at most a salted hash.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -35,8 +35,8 @@ EventId = Annotated[
 Reason = Annotated[str, Field(min_length=1, max_length=500)]
 ShortText = Annotated[str, Field(min_length=1, max_length=80)]
 ProcedureCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")]
-EventTime = Annotated[AwareDatetime, Field(ge=datetime(2000, 1, 1, tzinfo=timezone.utc),
-                                           lt=datetime(2100, 1, 1, tzinfo=timezone.utc))]
+EventTime = Annotated[AwareDatetime, Field(ge=datetime(2000, 1, 1, tzinfo=UTC),
+                                           lt=datetime(2100, 1, 1, tzinfo=UTC))]
 
 
 class Payload(BaseModel):
@@ -91,7 +91,7 @@ class DossierReceivedData(Payload):
     @model_validator(mode="after")
     def _full_online_needs_online(self) -> DossierReceivedData:
         if self.full_online and self.channel is not Channel.online:
-            raise ValueError(f"full_online is true but channel is {self.channel.value!r}; "
+            raise ValueError(f"full_online: true, but channel is {self.channel.value!r}; "
                              "only online dossiers can be fully online")
         return self
 
@@ -104,7 +104,8 @@ class DossierStatusChangedData(Payload):
     @model_validator(mode="after")
     def _changes(self) -> DossierStatusChangedData:
         if self.from_status == self.to_status:
-            raise ValueError(f"from_status and to_status are both {int(self.to_status)}")
+            raise ValueError(f"to_status: same as from_status ({int(self.to_status)}); "
+                             "a status change must change the status")
         return self
 
 
@@ -120,7 +121,7 @@ class DossierDeadlineExtendedData(Payload):
     @model_validator(mode="after")
     def _later(self) -> DossierDeadlineExtendedData:
         if self.new_due_date <= self.previous_due_date:
-            raise ValueError(f"new_due_date {self.new_due_date} is not after "
+            raise ValueError(f"new_due_date: {self.new_due_date} is not after "
                              f"previous_due_date {self.previous_due_date}")
         return self
 
@@ -155,59 +156,59 @@ class HotlineCallClosedData(Payload):
 
 class DossierReceived(Event[DossierReceivedData]):
     TYPE: ClassVar[str] = "dossier.received"
-    type: Literal["dossier.received"]  # type: ignore[assignment]
+    type: Literal["dossier.received"]
 
     @model_validator(mode="after")
     def _due_not_before_receipt(self) -> DossierReceived:
         if self.data.due_date < self.local_date:
-            raise ValueError(f"data.due_date {self.data.due_date} is before the local receive "
-                             f"date {self.local_date}")
+            raise ValueError(f"data.due_date: {self.data.due_date} is before the local "
+                             f"receive date {self.local_date}")
         return self
 
 
 class DossierStatusChanged(Event[DossierStatusChangedData]):
     TYPE: ClassVar[str] = "dossier.status_changed"
-    type: Literal["dossier.status_changed"]  # type: ignore[assignment]
+    type: Literal["dossier.status_changed"]
 
 
 class DossierSupplementRequested(Event[DossierSupplementRequestedData]):
     TYPE: ClassVar[str] = "dossier.supplement_requested"
-    type: Literal["dossier.supplement_requested"]  # type: ignore[assignment]
+    type: Literal["dossier.supplement_requested"]
 
 
 class DossierDeadlineExtended(Event[DossierDeadlineExtendedData]):
     TYPE: ClassVar[str] = "dossier.deadline_extended"
-    type: Literal["dossier.deadline_extended"]  # type: ignore[assignment]
+    type: Literal["dossier.deadline_extended"]
 
 
 class DossierResolved(Event[DossierResolvedData]):
     TYPE: ClassVar[str] = "dossier.resolved"
-    type: Literal["dossier.resolved"]  # type: ignore[assignment]
+    type: Literal["dossier.resolved"]
 
 
 class DossierReturned(Event[DossierReturnedData]):
     TYPE: ClassVar[str] = "dossier.returned"
-    type: Literal["dossier.returned"]  # type: ignore[assignment]
+    type: Literal["dossier.returned"]
 
 
 class DossierWithdrawn(Event[DossierWithdrawnData]):
     TYPE: ClassVar[str] = "dossier.withdrawn"
-    type: Literal["dossier.withdrawn"]  # type: ignore[assignment]
+    type: Literal["dossier.withdrawn"]
 
 
 class DossierRefused(Event[DossierRefusedData]):
     TYPE: ClassVar[str] = "dossier.refused"
-    type: Literal["dossier.refused"]  # type: ignore[assignment]
+    type: Literal["dossier.refused"]
 
 
 class HotlineCallReceived(Event[HotlineCallReceivedData]):
     TYPE: ClassVar[str] = "hotline.call_received"
-    type: Literal["hotline.call_received"]  # type: ignore[assignment]
+    type: Literal["hotline.call_received"]
 
 
 class HotlineCallClosed(Event[HotlineCallClosedData]):
     TYPE: ClassVar[str] = "hotline.call_closed"
-    type: Literal["hotline.call_closed"]  # type: ignore[assignment]
+    type: Literal["hotline.call_closed"]
 
 
 AnyEvent = Event[Payload]

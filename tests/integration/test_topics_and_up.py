@@ -1,0 +1,93 @@
+"""Topic provisioning on the session broker, and ``motcua up`` end to end."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kafka.admin import KafkaAdminClient
+
+from infra.broker import free_port, kafka_answers
+from schemas.topics import REGISTRY, topic_specs
+from tests.conftest import Broker
+from tests.integration.test_broker import MOTCUA, cli_env
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MOTCUA, *args], capture_output=True, text=True, timeout=60,
+                          env=cli_env(**env))
+
+
+def test_topics_create_twice_says_created_then_exists(broker: Broker,
+                                                      kafka_config: dict[str, Any]) -> None:
+    prefix = f"t{uuid.uuid4().hex[:6]}."
+    env = {"MOTCUA_KAFKA_BOOTSTRAP": broker.bootstrap, "MOTCUA_TOPIC_PREFIX": prefix}
+    first = run_cli("topics", "create", **env)
+    second = run_cli("topics", "create", **env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    for spec in REGISTRY:
+        assert f"topic {prefix}{spec.name}: created" in first.stdout
+        assert f"topic {prefix}{spec.name}: exists" in second.stdout
+    assert "4 created, 0 already existed" in first.stdout
+    assert "0 created, 4 already existed; nothing changed" in second.stdout
+
+    admin = KafkaAdminClient(**kafka_config)
+    try:
+        found = {t["name"]: len(t["partitions"]) for t in
+                 admin.describe_topics([s.name for s in topic_specs(prefix)])}
+    finally:
+        admin.close()
+    assert found == {s.name: s.partitions for s in topic_specs(prefix)}
+
+    listing = run_cli("topics", "list", **env)
+    assert listing.returncode == 0
+    assert f"{prefix}dossier-events" in listing.stdout and "missing" not in listing.stdout
+
+
+def test_unreachable_cluster_is_one_line_not_a_traceback() -> None:
+    port = free_port()
+    started = time.monotonic()
+    result = run_cli("topics", "create", MOTCUA_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}",
+                     MOTCUA_KAFKA_BOOTSTRAP_TIMEOUT_MS="1500")
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2
+    assert f"cannot reach Kafka at 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_motcua_up_brings_up_broker_topics_keys_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([*MOTCUA, "up", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=cli_env(MOTCUA_DATA_DIR=str(tmp_path / "var")))
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+            if "motcua is up" in line:
+                break
+        assert lines and lines[-1].startswith("motcua is up"), "\n".join(lines)
+        assert lines[0].startswith(f"bootstrap=127.0.0.1:{port}")
+        assert sum(": created" in line for line in lines) == len(REGISTRY)
+        assert len(list((tmp_path / "var" / "keys").glob("*.key"))) == 106
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        assert {s.name for s in REGISTRY} <= set(admin.list_topics())
+        admin.close()
+
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, rest
+    assert "SIGINT received; stopping" in rest and rest.rstrip().endswith("stopped")
+    assert "Traceback" not in rest
+    assert not kafka_answers("127.0.0.1", port), "the broker outlived motcua up"

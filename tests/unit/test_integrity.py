@@ -1,0 +1,102 @@
+"""Hash chain, signatures, the keystore and the file check's chain rules (DESIGN.md G6)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from infra.nodes import node_ids
+from schemas.check import check_lines
+from schemas.codec import decode, encode
+from schemas.errors import BadSignature, UnknownOrigin
+from schemas.events import GENESIS_HASH
+from schemas.integrity import verify
+from schemas.keys import KeystoreError, init_keystore, load_registry, load_signing_key
+from tests.factories import Chain, registry_of
+
+
+def test_chain_links_each_event_to_the_previous_one() -> None:
+    chain = Chain("11977")
+    events = [chain.emit("dossier.resolved") for _ in range(3)]
+    assert [e.origin_seq for e in events] == [1, 2, 3]
+    assert events[0].prev_hash == GENESIS_HASH
+    assert events[1].prev_hash == events[0].hash
+    assert events[2].prev_hash == events[1].hash
+
+
+def test_verify_rejects_a_valid_event_under_another_nodes_key() -> None:
+    alice, mallory = Chain("11977"), Chain("11977")  # same id, different key
+    event = mallory.emit("dossier.resolved")
+    with pytest.raises(BadSignature):
+        verify(event, registry_of(alice))
+
+
+def test_verify_rejects_unknown_origin() -> None:
+    event = Chain("12337").emit("dossier.resolved")
+    with pytest.raises(UnknownOrigin, match="'12337' has no key"):
+        verify(event, registry_of(Chain("11977")))
+
+
+def test_keystore_init_is_idempotent_and_private(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert init_keystore(keys, node_ids()) == (106, 0)
+    registry_before = (keys / "registry.json").read_text()
+    assert init_keystore(keys, node_ids()) == (0, 106)
+    assert (keys / "registry.json").read_text() == registry_before
+    mode = stat.S_IMODE((keys / "11977.key").stat().st_mode)
+    assert mode == 0o600
+
+    registry = load_registry(keys)
+    assert len(registry) == 106
+    chain = Chain("site-thaibinh", load_signing_key(keys, "site-thaibinh"))
+    verify(decode(encode(chain.emit("hotline.call_received"))), registry)
+
+
+def test_keystore_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(KeystoreError, match="run `motcua keys init`"):
+        load_registry(tmp_path)
+    with pytest.raises(KeystoreError, match="no private key for node 11977"):
+        load_signing_key(tmp_path, "11977")
+    (tmp_path / "registry.json").write_text('{"11977": "not-base64!"}')
+    with pytest.raises(KeystoreError, match="not valid base64 Ed25519"):
+        load_registry(tmp_path)
+
+
+def test_check_accepts_a_chain_in_any_order_with_duplicates() -> None:
+    chain = Chain("11977")
+    raws = [encode(chain.emit("dossier.resolved")) for _ in range(5)]
+    order = [raws[3], raws[0], raws[4], raws[1], raws[0], raws[2]]
+    results = list(check_lines(order, registry_of(chain)))
+    assert [r.error for r in results] == [None] * 6
+    assert sum(r.duplicate for r in results) == 1
+
+
+def test_check_finds_a_fork_and_a_broken_link() -> None:
+    chain = Chain("11977")
+    first = chain.emit("dossier.resolved")
+    second = chain.emit("dossier.resolved")
+    # the same key signs a different event 2 (a fork), and an event 3 linked to nothing
+    fork = Chain("11977", chain.key)
+    fork.seq, fork.head = 1, first.hash
+    other_second = fork.emit("dossier.returned")
+    stray = Chain("11977", chain.key)
+    stray.seq, stray.head = 2, "f" * 64
+    third = stray.emit("dossier.returned")
+    results = list(check_lines([encode(e) for e in (first, second, other_second, third)],
+                               registry_of(chain)))
+    assert results[0].error is None and results[1].error is None
+    assert results[2].error is not None and "forked chain" in results[2].error
+    assert results[3].error is not None and "broken chain" in results[3].error
+
+
+def test_check_finds_a_broken_link_seen_backwards() -> None:
+    chain = Chain("11977")
+    first = chain.emit("dossier.resolved")
+    stray = Chain("11977", chain.key)
+    stray.seq, stray.head = 1, "e" * 64
+    second = stray.emit("dossier.returned")
+    results = list(check_lines([encode(second), encode(first)], registry_of(chain)))
+    assert results[0].error is None
+    assert results[1].error is not None and "is not the prev_hash" in results[1].error
