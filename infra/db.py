@@ -13,6 +13,7 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine
     if url.startswith("sqlite"):
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     connect_args = dict(kwargs.pop("connect_args", {}))
     if schema is not None:
@@ -20,11 +21,19 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True, **kwargs)
 
 
+def _sqlite_begin_immediate(conn: Any) -> None:
+    # Take the write lock at BEGIN: a deferred transaction that reads and then writes can
+    # fail with "database is locked" when another writer got in between.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling would BEGIN (deferred) behind our back.
+    dbapi_connection.isolation_level = None
     # WAL lets readers (sync status, display) run beside the writer; foreign keys are off by
     # default in SQLite and on in PostgreSQL: make both behave the same.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

@@ -67,7 +67,7 @@ def decode(raw: bytes | str) -> AnyEvent:
         else:
             event = cls.model_validate_json(canonical(upcasted), strict=True)
     except ValidationError as exc:
-        raise _schema_error(exc, obj["type"]) from None
+        raise schema_error(exc, obj["type"]) from None
     event._wire_hash = wire_hash
     return event
 
@@ -115,7 +115,8 @@ _PATTERN_HINTS = {
 _BLAMED = re.compile(r"^([a-z_][a-z_.]*): (.*)$", re.DOTALL)
 
 
-def _schema_error(exc: ValidationError, event_type: str) -> SchemaError:
+def schema_error(exc: ValidationError, event_type: str) -> SchemaError:
+    """One readable ``SchemaError`` (field + reason) from pydantic's validation error."""
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = [str(part) for part in first["loc"]]

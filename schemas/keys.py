@@ -80,3 +80,18 @@ def load_registry(path: Path) -> KeyRegistry:
         return KeyRegistry.from_b64(entries)
     except (ValueError, TypeError) as exc:
         raise KeystoreError(f"{path}: a public key is not valid base64 Ed25519 ({exc})") from None
+
+
+class Keyring:
+    """Signing keys loaded on first use from a key directory (a node's service needs only
+    its own; the embedded default runs all 106 nodes from one directory)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._cache: dict[str, SigningKey] = {}
+
+    def __call__(self, node_id: str) -> SigningKey:
+        key = self._cache.get(node_id)
+        if key is None:
+            key = self._cache[node_id] = load_signing_key(self.directory, node_id)
+        return key

@@ -1,0 +1,135 @@
+"""The node store's tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create
+them; a test checks the two agree. One database may hold several nodes (the embedded default
+keeps all 106 in one SQLite file): every row says which node it belongs to."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on SQLite (which has no time zones) and
+    PostgreSQL alike, so rows compare equal across the two."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps aware datetimes only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+metadata = MetaData()
+
+NODE = String(40)
+DOSSIER = String(64)
+
+# Per node: the last origin_seq issued and the hash at the head of its chain. Its row is the
+# lock that serialises a node's writers, so seqs are contiguous (a DB sequence is not: its
+# values commit out of order).
+node_heads = Table(
+    "node_heads", metadata,
+    Column("node_id", NODE, primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("head_hash", String(64), nullable=False),
+)
+
+# The node's own event log, which is also the outbox: the relay publishes rows whose
+# published_at is NULL, in origin_seq order, and records where Kafka put them.
+outbox = Table(
+    "outbox", metadata,
+    Column("origin", NODE, primary_key=True),
+    Column("origin_seq", BigInteger, primary_key=True),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("type", String(40), nullable=False),
+    Column("dossier_id", DOSSIER, nullable=False),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("topic", String(40), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("published_at", UtcDateTime),
+    Column("kafka_partition", Integer),
+    Column("kafka_offset", BigInteger),
+)
+Index("ix_outbox_dossier", outbox.c.dossier_id)
+Index("ix_outbox_unpublished", outbox.c.origin, outbox.c.origin_seq,
+      postgresql_where=outbox.c.published_at.is_(None),
+      sqlite_where=outbox.c.published_at.is_(None))
+
+# Current state of each dossier this store knows: the fold of its events (schemas.fold).
+dossiers = Table(
+    "dossiers", metadata,
+    Column("dossier_id", DOSSIER, primary_key=True),
+    Column("status", SmallInteger),
+    Column("channel", String(16)),
+    Column("full_online", Boolean, nullable=False),
+    Column("procedure_code", String(32)),
+    Column("field", String(80)),
+    Column("receiving_node", NODE),
+    Column("received_at", UtcDateTime),
+    Column("due_date", Date),
+    Column("original_due_date", Date),
+    Column("extensions", SmallInteger, nullable=False),
+    Column("components_digitised", Boolean, nullable=False),
+    Column("result_digitised", Boolean, nullable=False),
+    Column("supplements", SmallInteger, nullable=False),
+    Column("resolved_at", UtcDateTime),
+    Column("returned_at", UtcDateTime),
+    Column("withdrawn_at", UtcDateTime),
+    Column("refused_at", UtcDateTime),
+    Column("nodes", Text, nullable=False),  # JSON list, sorted
+    Column("event_count", Integer, nullable=False),
+    Column("last_occurred_at", UtcDateTime),
+    Column("last_origin", NODE),
+    Column("last_origin_seq", BigInteger),
+    Column("anomalies", Text, nullable=False),  # JSON list
+)
+Index("ix_dossiers_receiving_node", dossiers.c.receiving_node)
+
+hotline_calls = Table(
+    "hotline_calls", metadata,
+    Column("call_id", DOSSIER, primary_key=True),
+    Column("site", NODE, nullable=False),
+    Column("category", String(32), nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("closed_at", UtcDateTime),
+    Column("resolved", Boolean),
+)
+
+# Who may publish a node's outbox: one relay at a time (G1 ordering, no double publishing).
+relay_leases = Table(
+    "relay_leases", metadata,
+    Column("node_id", NODE, primary_key=True),
+    Column("holder", String(120), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
