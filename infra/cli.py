@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
+from infra import producers_cli
 from infra.broker import EmbeddedBroker
 from infra.nodes import all_nodes, node_ids
 from infra.settings import Settings, load_settings
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path, help="JSON-lines file for check ('-': stdin)")
     p.add_argument("--keys", type=Path, help="key directory or registry.json for signatures")
     p.set_defaults(func=cmd_schemas)
+
+    producers_cli.add_parsers(sub, say)
 
     p = sub.add_parser("nodes", help="list the 104 commune centres and the 2 provincial sites")
     p.add_argument("--json", action="store_true")

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     test_pg_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
     @property
+    def store_url(self) -> str:
+        """The node store: ``MOTCUA_DB_URL``, else one SQLite file for every node here."""
+        return self.db_url or f"sqlite:///{self.data_dir / 'nodes.db'}"
+
+    @property
     def keys_path(self) -> Path:
         return self.keys_dir if self.keys_dir is not None else self.data_dir / "keys"
 

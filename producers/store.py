@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from producers.tables import dossiers, node_heads, outbox
@@ -36,6 +36,12 @@ _EVENTS_OF = select(outbox.c.body).where(outbox.c.dossier_id == bindparam("dossi
 _SELECT_DOSSIER = select(dossiers).where(dossiers.c.dossier_id == bindparam("dossier_id"))
 _INSERT_DOSSIER = insert(dossiers)
 _UPDATE_DOSSIER = update(dossiers).where(dossiers.c.dossier_id == bindparam("key"))
+
+
+def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING, on PostgreSQL and SQLite."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing())
 
 
 def lock_head(conn: Connection, node: str) -> tuple[int, str]:

@@ -1,0 +1,178 @@
+"""``motcua simulate`` and ``motcua relay``: the producer side of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+
+from sqlalchemy import Engine, func, select
+
+from infra.nodes import get_node, node_ids
+from infra.settings import Settings
+from infra.up import provision, wait_for_stop_signal
+from producers.migrate import open_store
+from producers.relay import Relay
+from producers.service import DossierService
+from producers.simulator import Simulator
+from producers.tables import outbox
+from schemas.errors import MotcuaError
+from schemas.keys import REGISTRY_FILE, Keyring, init_keystore
+
+Say = Callable[[str], None]
+
+
+def bootstrap_of(settings: Settings) -> str:
+    return settings.kafka_bootstrap or f"127.0.0.1:{settings.broker_port}"
+
+
+def keyring(settings: Settings, say: Say) -> Keyring:
+    if not (settings.keys_path / REGISTRY_FILE).exists():
+        created, _ = init_keystore(settings.keys_path, node_ids())
+        say(f"keys: {created} node key pairs created in {settings.keys_path}")
+    return Keyring(settings.keys_path)
+
+
+def unpublished(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(outbox)
+                                .where(outbox.c.published_at.is_(None))).scalar_one())
+
+
+def start_relay(settings: Settings, engine: Engine, bootstrap: str,
+                nodes: list[str] | None = None, **kwargs: float | str
+                ) -> tuple[Relay, threading.Event, threading.Thread]:
+    relay = Relay(engine, settings.kafka_config(bootstrap), nodes=nodes,
+                  topic_prefix=settings.topic_prefix, **kwargs)  # type: ignore[arg-type]
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True)
+    thread.start()
+    return relay, stop, thread
+
+
+def drain(engine: Engine, timeout: float) -> int:
+    """Wait until the outbox is empty or ``timeout`` passes; returns what is left."""
+    deadline = time.monotonic() + timeout
+    left = unpublished(engine)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = unpublished(engine)
+    return left
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number (60 = an office hour a "
+                                         "minute) or 'max'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("speed must be positive")
+    return value
+
+
+def note(text: str) -> None:
+    """Progress for a person, on stderr: stdout carries the JSON summary alone."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    engine = open_store(args.db or settings.store_url)
+    service = DossierService(engine, keyring(settings, note))
+    relay = None
+    if not args.no_relay:
+        bootstrap = bootstrap_of(settings)
+        provision(settings, bootstrap, lambda _line: None)
+        relay, stop_relay, thread = start_relay(settings, engine, bootstrap)
+    stop = threading.Event()
+    sim = Simulator(service, args.start, args.end, scale=args.scale, seed=args.seed,
+                    speed=args.speed, stop=stop)
+    failure: list[BaseException] = []
+    runner = threading.Thread(target=_run_capturing, args=(sim, failure), name="simulator")
+    runner.start()
+    try:
+        while runner.is_alive():
+            runner.join(0.5)
+    except KeyboardInterrupt:
+        note("interrupted: stopping the simulator, then publishing what it wrote")
+        stop.set()
+        runner.join()
+    if failure and relay is not None:
+        stop_relay.set()
+    if failure:
+        raise failure[0]
+    summary = sim.summary.as_dict()
+    if relay is not None:
+        left = drain(engine, args.drain_timeout)
+        stop_relay.set()
+        thread.join(10)
+        summary["events_published"] = relay.stats.published
+        summary["events_unpublished"] = left
+        if left:
+            summary["note"] = (f"{left} events are still in the outbox (Kafka unreachable?); "
+                               "`motcua relay --all` publishes them, nothing is lost")
+    say(json.dumps(summary, ensure_ascii=False, indent=1))
+    return 0 if not summary["refused_operations"] else 1
+
+
+def _run_capturing(sim: Simulator, failure: list[BaseException]) -> None:
+    try:
+        sim.run()
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+        failure.append(exc)
+
+
+def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    if not args.all and not args.node:
+        raise MotcuaError("say which nodes to relay: --node ID (repeatable) or --all")
+    nodes = None if args.all else [get_node(n).id for n in args.node]
+    engine = open_store(args.db or settings.store_url)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    extra: dict[str, float | str] = {"lease_seconds": args.lease_seconds}
+    if args.holder:
+        extra["holder"] = args.holder
+    relay, stop, thread = start_relay(settings, engine, bootstrap_of(settings), nodes, **extra)
+    say(f"relay {relay.holder}: publishing {'every node' if nodes is None else ', '.join(nodes)}"
+        f" from {engine.url.render_as_string(hide_password=True)}")
+    wait_for_stop_signal()
+    stop.set()
+    thread.join(30)
+    say(f"relay stopped: {relay.stats.published} events published this run")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                say: Say) -> None:
+    p = sub.add_parser("simulate", help="drive all 106 nodes with the calibrated workload")
+    p.add_argument("--from", dest="start", type=_date, default=date(2025, 7, 1))
+    p.add_argument("--to", dest="end", type=_date, default=date(2025, 7, 30))
+    p.add_argument("--speed", type=_speed, default=None, help="N (x real time) or max")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--db", help="node store URL (default MOTCUA_DB_URL or var/nodes.db)")
+    p.add_argument("--no-relay", action="store_true", help="only write the node stores")
+    p.add_argument("--drain-timeout", type=float, default=120.0,
+                   help="seconds to wait at the end for the relay to publish everything")
+    p.set_defaults(func=lambda a, s: cmd_simulate(a, s, say))
+
+    p = sub.add_parser("relay", help="publish nodes' outboxes to Kafka")
+    p.add_argument("--node", action="append", help="node id (repeatable)")
+    p.add_argument("--all", action="store_true", help="every node in the store")
+    p.add_argument("--db", help="node store URL (default MOTCUA_DB_URL or var/nodes.db)")
+    p.add_argument("--lease-seconds", type=float, default=15.0)
+    p.add_argument("--holder", help="lease holder name (default host:pid)")
+    p.set_defaults(func=lambda a, s: cmd_relay(a, s, say))

@@ -1,0 +1,197 @@
+"""The outbox relay: publishes each node's unpublished events to Kafka, in origin_seq order.
+
+Runbook. ``motcua relay --node ID`` (or ``--all``; ``motcua up`` runs one in-process) reads
+the store at ``MOTCUA_DB_URL``. It needs the node's events in the outbox and a reachable
+cluster; when the cluster is not reachable it backs off (0.2 s doubling to 30 s) and retries,
+while the dossier service keeps writing to the store. Nothing is lost: a row is marked
+published (partition, offset) only after Kafka acknowledged it (acks=all, idempotent
+producer). After a crash it resumes at the first unmarked row; rows that were sent but not
+yet marked are sent again, with the same event_id, and readers drop them as duplicates.
+Only one relay publishes a node at a time: it holds a lease row in the store, renewed while
+it runs; a relay killed with -9 is replaced once its lease expires (``lease_seconds``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from sqlalchemy import Engine, bindparam, select, update
+
+from producers import store
+from producers.tables import node_heads, outbox, relay_leases
+
+log = logging.getLogger("motcua.relay")
+
+_MARK = (update(outbox)
+         .where(outbox.c.origin == bindparam("o"), outbox.c.origin_seq == bindparam("s"))
+         .values(published_at=bindparam("at"), kafka_partition=bindparam("p"),
+                 kafka_offset=bindparam("off")))
+
+
+def producer_config(kafka_config: dict[str, Any]) -> dict[str, Any]:
+    """Durable, ordered publishing: every replica acknowledges, retries keep order and add
+    no duplicates (idempotence), and the record timestamp is the send time (the default):
+    never the event time, which retention would otherwise act on."""
+    return {**kafka_config, "acks": "all", "enable_idempotence": True,
+            "max_in_flight_requests_per_connection": 5, "linger_ms": 5,
+            "batch_size": 256 * 1024, "request_timeout_ms": 15_000,
+            "delivery_timeout_ms": 60_000, "client_id": "motcua-relay"}
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+
+class Relay:
+    def __init__(self, engine: Engine, kafka_config: dict[str, Any], *,
+                 nodes: Sequence[str] | None = None, topic_prefix: str = "",
+                 holder: str | None = None, batch_size: int = 2000,
+                 lease_seconds: float = 15.0, idle_sleep: float = 0.02) -> None:
+        self.engine = engine
+        self.kafka_config = kafka_config
+        self.nodes = list(nodes) if nodes is not None else None  # None: every node in store
+        self.prefix = topic_prefix
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.batch_size = batch_size
+        self.lease = timedelta(seconds=lease_seconds)
+        self.idle_sleep = idle_sleep
+        self.stats = RelayStats()
+        self._producer: KafkaProducer | None = None
+        self._held: dict[str, datetime] = {}  # node -> lease expiry we wrote
+        self._next_claim = 0.0
+
+    # --- loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish until ``stop`` is set; survives broker outages by backing off."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                sent = self.publish_once()
+                delay = 0.2
+                if sent == 0:
+                    stop.wait(self.idle_sleep)
+            except KafkaError as exc:
+                self.stats.failures += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("relay: Kafka unavailable (%s); retrying in %.1f s",
+                            self.stats.last_error, delay)
+                self._drop_producer()
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        self.close()
+
+    def close(self) -> None:
+        self._drop_producer()
+        self._release_leases()
+
+    # --- one round ------------------------------------------------------------------------
+
+    def publish_once(self) -> int:
+        """Publish up to ``batch_size`` unpublished events of the leased nodes; returns how
+        many were acknowledged and marked. Raises ``KafkaError`` if any send failed (the
+        acknowledged ones are marked first)."""
+        nodes = self._leased_nodes()
+        if not nodes:
+            return 0
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox.c.origin, outbox.c.origin_seq, outbox.c.topic,
+                       outbox.c.dossier_id, outbox.c.body)
+                .where(outbox.c.published_at.is_(None), outbox.c.origin.in_(nodes))
+                .order_by(outbox.c.origin, outbox.c.origin_seq).limit(self.batch_size)).all()
+        if not rows:
+            return 0
+        producer = self._get_producer()
+        futures = [(row, producer.send(self.prefix + row.topic, value=bytes(row.body),
+                                       key=row.dossier_id.encode()))
+                   for row in rows]
+        producer.flush()
+        now = datetime.now(UTC)
+        marks, error = [], None
+        for row, future in futures:
+            try:
+                meta = future.get(timeout=0)
+            except KafkaError as exc:
+                error = exc
+                continue
+            marks.append({"o": row.origin, "s": row.origin_seq, "at": now,
+                          "p": meta.partition, "off": meta.offset})
+        if marks:
+            with self.engine.begin() as conn:
+                conn.execute(_MARK, marks)
+        self.stats.published += len(marks)
+        if error is not None:
+            raise error
+        return len(marks)
+
+    # --- producer -------------------------------------------------------------------------
+
+    def _get_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(**producer_config(self.kafka_config))
+        return self._producer
+
+    def _drop_producer(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=1)
+            except Exception:  # a broken client is dropped either way
+                log.debug("relay: error closing producer", exc_info=True)
+            self._producer = None
+
+    # --- leases ---------------------------------------------------------------------------
+
+    def _leased_nodes(self) -> list[str]:
+        """Nodes this relay may publish now. Leases are renewed at half their life and new
+        ones claimed every few seconds, so the lease table costs little per round."""
+        now = datetime.now(UTC)
+        renew_due = any(until - now < self.lease / 2 for until in self._held.values())
+        if renew_due or time.monotonic() >= self._next_claim:
+            self._claim(now)
+            self._next_claim = time.monotonic() + min(2.0, self.lease.total_seconds() / 3)
+        return sorted(n for n, until in self._held.items() if until > now)
+
+    def _claim(self, now: datetime) -> None:
+        until = now + self.lease
+        with self.engine.begin() as conn:
+            wanted = self.nodes
+            if wanted is None:
+                wanted = [r.node_id for r in conn.execute(select(node_heads.c.node_id))]
+            held: dict[str, datetime] = {}
+            for node in wanted:
+                store.insert_ignore(conn, relay_leases,
+                                    {"node_id": node, "holder": self.holder, "expires_at": now})
+                row = conn.execute(select(relay_leases).where(relay_leases.c.node_id == node)
+                                   .with_for_update()).one()
+                if row.holder == self.holder or row.expires_at <= now:
+                    conn.execute(update(relay_leases).where(relay_leases.c.node_id == node)
+                                 .values(holder=self.holder, expires_at=until))
+                    held[node] = until
+        lost = set(self._held) - set(held)
+        if lost:
+            log.warning("relay %s: lease lost for %s", self.holder, sorted(lost))
+        self._held = held
+
+    def _release_leases(self) -> None:
+        if not self._held:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(update(relay_leases)
+                         .where(relay_leases.c.holder == self.holder,
+                                relay_leases.c.node_id.in_(list(self._held)))
+                         .values(expires_at=datetime.now(UTC)))
+        self._held = {}
