@@ -16,7 +16,7 @@ from infra.broker import EmbeddedBroker
 from infra.nodes import all_nodes, node_ids
 from infra.settings import Settings, load_settings
 from infra.topics import admin_client, describe, kafka_reason
-from infra.up import provision, run_up, wait_for_stop_signal
+from infra.up import UpOptions, provision, run_up, wait_for_stop_signal
 from schemas.check import check_lines
 from schemas.errors import MotcuaError
 from schemas.jsonschema import JSON_DIR, export
@@ -110,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="run the whole system on this machine (embedded broker)")
     p.add_argument("--port", type=int, help="embedded broker port (default 9092)")
-    p.set_defaults(func=lambda a, s: run_up(s, say, a.port))
+    p.add_argument("--no-simulate", action="store_true", help="run without the simulator")
+    p.add_argument("--speed", type=producers_cli.parse_speed, default=60.0,
+                   help="simulator speed: N x real time (default 60) or max")
+    p.add_argument("--scale", type=float, default=1.0, help="simulator volume (1 = July 2025)")
+    p.set_defaults(func=lambda a, s: run_up(s, say, UpOptions(
+        port=a.port, simulate=not a.no_simulate, speed=a.speed, scale=a.scale)))
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (tansu)")
     p.add_argument("--port", type=int, help="port on 127.0.0.1 (default 9092)")

@@ -17,6 +17,7 @@ from infra.nodes import get_node, node_ids
 from infra.settings import Settings
 from infra.up import provision, wait_for_stop_signal
 from producers.migrate import open_store
+from producers.plan import plan
 from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
@@ -72,7 +73,7 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _speed(text: str) -> float | None:
+def parse_speed(text: str) -> float | None:
     if text == "max":
         return None
     try:
@@ -91,6 +92,7 @@ def note(text: str) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    plan(args.start, args.end, scale=args.scale, seed=args.seed)  # bad arguments fail here
     engine = open_store(args.db or settings.store_url)
     service = DossierService(engine, keyring(settings, note))
     relay = None
@@ -142,7 +144,8 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     nodes = None if args.all else [get_node(n).id for n in args.node]
     engine = open_store(args.db or settings.store_url)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    extra: dict[str, float | str] = {"lease_seconds": args.lease_seconds}
+    extra: dict[str, float | str] = {"lease_seconds": args.lease_seconds,
+                                     "batch_size": args.batch_size}
     if args.holder:
         extra["holder"] = args.holder
     relay, stop, thread = start_relay(settings, engine, bootstrap_of(settings), nodes, **extra)
@@ -160,7 +163,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p = sub.add_parser("simulate", help="drive all 106 nodes with the calibrated workload")
     p.add_argument("--from", dest="start", type=_date, default=date(2025, 7, 1))
     p.add_argument("--to", dest="end", type=_date, default=date(2025, 7, 30))
-    p.add_argument("--speed", type=_speed, default=None, help="N (x real time) or max")
+    p.add_argument("--speed", type=parse_speed, default=None, help="N (x real time) or max")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--db", help="node store URL (default MOTCUA_DB_URL or var/nodes.db)")
@@ -175,4 +178,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--db", help="node store URL (default MOTCUA_DB_URL or var/nodes.db)")
     p.add_argument("--lease-seconds", type=float, default=15.0)
     p.add_argument("--holder", help="lease holder name (default host:pid)")
+    p.add_argument("--batch-size", type=int, default=2000, help="events per send round")
     p.set_defaults(func=lambda a, s: cmd_relay(a, s, say))

@@ -1,31 +1,48 @@
 """``motcua up``: the whole system on one machine.
 
-Today it starts the embedded broker (unless ``MOTCUA_KAFKA_BOOTSTRAP`` names a cluster),
-provisions the registry topics and makes sure the node keystore exists. Later parts (relay,
-streams, sync, display, simulator) join here. Ctrl-C (SIGINT) or SIGTERM stops everything in
-reverse order of start.
+It starts the embedded broker (unless ``MOTCUA_KAFKA_BOOTSTRAP`` names a cluster), provisions
+the registry topics, makes sure the node keystore exists, opens the node store (all 106 nodes
+in ``var/nodes.db`` unless ``MOTCUA_DB_URL``), runs the outbox relay and the simulator (July
+2025, an office hour per minute by default). Streams, sync and displays join as they are
+built. Ctrl-C (SIGINT) or SIGTERM stops everything in reverse order of start.
+
+The embedded broker keeps nothing across restarts, while the node store does: on start with
+a fresh embedded broker every stored event is marked unpublished, so the relay rebuilds the
+log from the stores (the outbox is each node's copy of its own history).
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import date
 from types import FrameType
+
+from sqlalchemy import Engine, func, select, update
 
 from infra.broker import EmbeddedBroker
 from infra.nodes import node_ids
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
-from schemas.keys import init_keystore
+from producers.migrate import open_store
+from producers.relay import Relay
+from producers.service import DossierService
+from producers.simulator import Simulator
+from producers.tables import outbox
+from schemas.errors import MotcuaError
+from schemas.keys import Keyring, init_keystore
 from schemas.topics import topic_specs
 
 Say = Callable[[str], None]
 
 
-def wait_for_stop_signal() -> str:
-    """Block until SIGINT or SIGTERM; returns the signal's name."""
+def wait_for_stop_signal(tick: Callable[[], None] | None = None, every: float = 30.0) -> str:
+    """Block until SIGINT or SIGTERM; returns the signal's name. ``tick`` runs every
+    ``every`` seconds meanwhile (a status line)."""
     stop = threading.Event()
     received: list[str] = []
 
@@ -35,8 +52,11 @@ def wait_for_stop_signal() -> str:
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        next_tick = time.monotonic() + every
         while not stop.wait(0.5):
-            pass
+            if tick is not None and time.monotonic() >= next_tick:
+                tick()
+                next_tick += every
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -57,7 +77,19 @@ def provision(settings: Settings, bootstrap: str, say: Say) -> None:
         + ("" if created else "; nothing changed"))
 
 
-def run_up(settings: Settings, say: Say, port: int | None = None) -> int:
+@dataclass(frozen=True)
+class UpOptions:
+    port: int | None = None
+    simulate: bool = True
+    speed: float | None = 60.0
+    scale: float = 1.0
+    start: date = date(2025, 7, 1)
+    end: date = date(2025, 7, 30)
+
+
+def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> int:
+    options = options or UpOptions()
+    port = options.port
     with ExitStack() as stack:
         if settings.kafka_bootstrap:
             bootstrap = settings.kafka_bootstrap
@@ -72,8 +104,68 @@ def run_up(settings: Settings, say: Say, port: int | None = None) -> int:
         provision(settings, bootstrap, say)
         created, kept = init_keystore(settings.keys_path, node_ids())
         say(f"keys: {created} created, {kept} kept in {settings.keys_path}")
+        engine = open_store(settings.store_url)
+        stack.callback(engine.dispose)
+        if not settings.kafka_bootstrap:
+            again = republish_all(engine)
+            if again:
+                say(f"store: {again:,} stored events will be published again to the fresh "
+                    "in-memory broker")
+        stop = threading.Event()
+        relay = Relay(engine, settings.kafka_config(bootstrap),
+                      topic_prefix=settings.topic_prefix)
+        _thread(stack, relay.run, stop, "relay")
+        say(f"relay: publishing every node's outbox from {settings.store_url}")
+        sim = None
+        if options.simulate:
+            sim = Simulator(DossierService(engine, Keyring(settings.keys_path)), options.start,
+                            options.end, scale=options.scale, speed=options.speed, stop=stop)
+            _thread(stack, lambda _stop: _simulate(sim, say), stop, "simulator")
+            pace = "max" if options.speed is None else f"x{options.speed:g}"
+            say(f"simulator: {options.start} to {options.end}, scale {options.scale:g}, "
+                f"speed {pace}")
         say("motcua is up; press Ctrl-C to stop")
-        name = wait_for_stop_signal()
+        name = wait_for_stop_signal(lambda: say(_progress(sim, relay, engine)))
         say(f"{name} received; stopping")
+        stop.set()  # every loop ends; the stack then joins them and stops the broker last
     say("stopped")
     return 0
+
+
+def republish_all(engine: Engine) -> int:
+    with engine.begin() as conn:
+        result = conn.execute(update(outbox).where(outbox.c.published_at.is_not(None))
+                              .values(published_at=None, kafka_partition=None,
+                                      kafka_offset=None))
+        return int(result.rowcount or 0)
+
+
+def _thread(stack: ExitStack, target: Callable[[threading.Event], None],
+            stop: threading.Event, name: str) -> None:
+    thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
+    thread.start()
+    stack.callback(thread.join, 30)
+
+
+def _simulate(sim: Simulator, say: Say) -> None:
+    try:
+        summary = sim.run()
+    except MotcuaError as exc:
+        say(f"simulator: {exc}")
+        return
+    say(f"simulator: done, {summary.events_written:,} events written "
+        f"({sum(summary.received_by_node.values()):,} dossiers received)")
+
+
+def _progress(sim: Simulator | None, relay: Relay, engine: Engine) -> str:
+    with engine.connect() as conn:
+        waiting = conn.execute(select(func.count()).select_from(outbox)
+                               .where(outbox.c.published_at.is_(None))).scalar_one()
+    parts = []
+    if sim is not None and sim.sim_time is not None:
+        parts.append(f"sim time {sim.sim_time:%Y-%m-%d %H:%M}, "
+                     f"{sim.summary.events_written:,} events written")
+    parts.append(f"{relay.stats.published:,} published, {waiting:,} in the outbox")
+    if relay.stats.last_error:
+        parts.append(f"last relay error: {relay.stats.last_error}")
+    return "status: " + "; ".join(parts)

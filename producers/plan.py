@@ -19,6 +19,7 @@ from datetime import date, timedelta
 from fractions import Fraction
 
 from infra.nodes import Node, all_nodes
+from schemas.errors import MotcuaError
 
 JULY_FROM, JULY_TO = date(2025, 7, 1), date(2025, 7, 30)
 JULY_RECEIVED, JULY_ONLINE = 201_034, 167_972
@@ -30,6 +31,10 @@ KIND_ONLINE = {"xa": 0.80, "phuong": 0.88, "site": 0.90}
 POSTAL_SHARE_OF_OFFLINE = 0.03
 FULL_ONLINE_SHARE = 0.45
 HOTLINE_CALLS_PER_WEEKDAY = 25
+
+
+class PlanError(MotcuaError, ValueError):
+    """A simulation period or scale that makes no sense."""
 
 
 def allocate(total: int, weights: Sequence[float]) -> list[int]:
@@ -53,7 +58,7 @@ def allocate(total: int, weights: Sequence[float]) -> list[int]:
 
 def days_between(start: date, end: date) -> list[date]:
     if end < start:
-        raise ValueError(f"--to {end} is before --from {start}")
+        raise PlanError(f"--to {end} is before --from {start}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
@@ -98,7 +103,7 @@ def node_weights(seed: int, nodes: Sequence[Node]) -> list[float]:
 def plan(start: date, end: date, *, scale: float = 1.0, seed: int = 1) -> list[Cell]:
     """Every (day, node) cell of the period with its channel counts."""
     if scale <= 0:
-        raise ValueError(f"--scale must be positive (got {scale})")
+        raise PlanError(f"--scale must be positive (got {scale})")
     days = days_between(start, end)
     nodes = all_nodes()
     scale_q = Fraction(scale).limit_denominator(10**9)

@@ -90,7 +90,7 @@ class Simulator:
                  scale: float = 1.0, seed: int = 1, speed: float | None = None,
                  batch_ops: int = 500, stop: threading.Event | None = None) -> None:
         if speed is not None and speed <= 0:
-            raise ValueError(f"--speed must be positive or 'max' (got {speed})")
+            raise SimulationError(f"--speed must be positive or 'max' (got {speed})")
         self.service = service
         self.start, self.end = start, end
         self.scale, self.seed, self.speed = scale, seed, speed
@@ -100,6 +100,7 @@ class Simulator:
         self._heap: list[tuple[datetime, int, int, list[Op]]] = []
         self._serial = 0
         self._node_index = {n.id: i for i, n in enumerate(all_nodes())}
+        self.sim_time: datetime | None = None  # event time of the last call made
 
     def run(self) -> Summary:
         began = time.monotonic()
@@ -176,6 +177,7 @@ class Simulator:
     def _execute(self, op: Op) -> None:
         when, node, method, subject, kwargs = op
         when = when.replace(microsecond=0)
+        self.sim_time = when
         svc = self.service
         try:
             if method == "receive":

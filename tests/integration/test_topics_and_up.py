@@ -12,9 +12,13 @@ from typing import Any
 from kafka.admin import KafkaAdminClient
 
 from infra.broker import free_port, kafka_answers
-from schemas.topics import REGISTRY, topic_specs
+from schemas.codec import decode
+from schemas.integrity import verify
+from schemas.keys import load_registry
+from schemas.topics import DOSSIER_EVENTS, REGISTRY, topic_specs
 from tests.conftest import Broker
 from tests.integration.test_broker import MOTCUA, cli_env
+from tests.integration.test_relay import read_all
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -59,9 +63,12 @@ def test_unreachable_cluster_is_one_line_not_a_traceback() -> None:
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_motcua_up_brings_up_broker_topics_keys_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """Broker, topics, keys, store, relay and simulator: dossiers reach the topic, signed
+    by their nodes; Ctrl-C stops it all, the broker included."""
     port = free_port()
-    proc = subprocess.Popen([*MOTCUA, "up", "--port", str(port)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*MOTCUA, "up", "--port", str(port), "--speed", "max",
+                             "--scale", "0.01"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             env=cli_env(MOTCUA_DATA_DIR=str(tmp_path / "var")))
     lines: list[str] = []
@@ -82,6 +89,11 @@ def test_motcua_up_brings_up_broker_topics_keys_and_stops_on_ctrl_c(tmp_path: Pa
         admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
         assert {s.name for s in REGISTRY} <= set(admin.list_topics())
         admin.close()
+        records = read_all({"bootstrap_servers": [f"127.0.0.1:{port}"]}, [DOSSIER_EVENTS], 500)
+        assert len(records) >= 500, "the simulator's events did not reach the topic"
+        registry = load_registry(tmp_path / "var" / "keys")
+        for record in records[:50]:
+            verify(decode(record.value), registry)
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=20)

@@ -1,0 +1,271 @@
+"""The outbox relay against a real broker (DESIGN.md G1, G6): nothing lost or reordered per
+origin through a broker pause and a kill -9; one relay per node at a time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer
+from sqlalchemy import Engine, func, select
+
+from infra.broker import EmbeddedBroker, free_port
+from infra.nodes import node_ids
+from infra.topics import admin_client, ensure_topics
+from producers.migrate import open_store
+from producers.relay import Relay
+from producers.service import DossierService
+from producers.simulator import Simulator
+from producers.tables import node_heads, outbox
+from schemas.codec import decode
+from schemas.keys import Keyring, init_keystore
+from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS, topic_specs
+from tests.conftest import Broker
+from tests.integration.test_broker import MOTCUA, cli_env
+
+DAY = date(2025, 7, 2)
+
+
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys")
+    init_keystore(path, node_ids())
+    return path
+
+
+@pytest.fixture
+def prefix(kafka_config: dict[str, Any]) -> str:
+    """A fresh set of registry topics for this test."""
+    name = f"r{uuid.uuid4().hex[:8]}."
+    admin = admin_client(kafka_config)
+    ensure_topics(admin, topic_specs(name))
+    admin.close()
+    return name
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Engine]:
+    engine = open_store(f"sqlite:///{tmp_path / 'nodes.db'}")
+    yield engine
+    engine.dispose()
+
+
+def simulate(engine: Engine, keys_dir: Path, scale: float, **kwargs: Any) -> Simulator:
+    sim = Simulator(DossierService(engine, Keyring(keys_dir)), DAY, DAY, scale=scale, seed=7,
+                    **kwargs)
+    sim.run()
+    assert not sim.summary.refused, sim.summary.refused[:3]
+    return sim
+
+
+def heads(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {r.node_id: r.last_seq for r in conn.execute(select(node_heads))}
+
+
+def unpublished(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(outbox)
+                                .where(outbox.c.published_at.is_(None))).scalar_one())
+
+
+def read_all(config: dict[str, Any], topics: list[str], want: int,
+             timeout: float = 60.0) -> list[Any]:
+    """Every record of ``topics`` from the start, until ``want`` arrived or time ran out."""
+    consumer = KafkaConsumer(*topics, group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False, **config)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < want and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def assert_complete_and_ordered(records: list[Any], expected: dict[str, int]) -> int:
+    """Every origin's seqs 1..N present; within a partition an origin's first sightings come
+    in seq order; a duplicate is the same event (same bytes, same event_id). Returns the
+    number of duplicates."""
+    seen: dict[tuple[str, int], bytes] = {}
+    last_in_partition: dict[tuple[str, int, str], int] = defaultdict(int)
+    duplicates = 0
+    for record in records:
+        event = decode(record.value)
+        key = (event.origin, event.origin_seq)
+        if key in seen:
+            assert seen[key] == record.value, f"seq {key} published with other content"
+            duplicates += 1
+            continue
+        seen[key] = record.value
+        slot = (record.topic, record.partition, event.origin)
+        assert event.origin_seq > last_in_partition[slot], f"{key} out of order in {slot}"
+        last_in_partition[slot] = event.origin_seq
+        assert record.key == event.dossier_id.encode()
+    got: dict[str, set[int]] = defaultdict(set)
+    for origin, seq in seen:
+        got[origin].add(seq)
+    for origin, n in expected.items():
+        missing = set(range(1, n + 1)) - got[origin]
+        assert not missing, f"{origin}: {len(missing)} events missing, e.g. {sorted(missing)[:5]}"
+    return duplicates
+
+
+def topics_of(prefix: str) -> list[str]:
+    return [prefix + DOSSIER_EVENTS, prefix + HOTLINE_EVENTS]
+
+
+def run_relay(relay: Relay) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_relay_publishes_everything_in_order_with_send_time_stamps(
+        store: Engine, keys_dir: Path, kafka_config: dict[str, Any], prefix: str) -> None:
+    simulate(store, keys_dir, scale=0.02)
+    DossierService(store, Keyring(keys_dir)).call_received("site-phohien", "land")
+    expected = heads(store)
+    relay = Relay(store, kafka_config, topic_prefix=prefix)
+    started = time.time()
+    while relay.publish_once():
+        pass
+    relay.close()
+    assert unpublished(store) == 0
+    records = read_all(kafka_config, topics_of(prefix), sum(expected.values()))
+    assert assert_complete_and_ordered(records, expected) == 0
+    # the record timestamp is the send time, not the event time (July 2025)
+    assert all(r.timestamp / 1000 >= started - 5 for r in records)
+    with store.connect() as conn:
+        marked = conn.execute(select(outbox.c.kafka_partition, outbox.c.kafka_offset)).all()
+    assert all(p is not None and o is not None for p, o in marked)
+    assert {r.topic for r in records} == set(topics_of(prefix))
+
+
+def test_broker_paused_20s_mid_day_loses_nothing(
+        store: Engine, keys_dir: Path, tmp_path: Path, settings: Any) -> None:
+    """SIGSTOP the broker for 20 s while the simulated day goes on; the store keeps taking
+    work, and after SIGCONT every origin's 1..N reach the topic, in order."""
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        config = settings.kafka_config(broker.bootstrap)
+        admin = admin_client(config)
+        ensure_topics(admin, topic_specs())
+        admin.close()
+        relay = Relay(store, config)
+        stop, thread = run_relay(relay)
+        sim_done = threading.Event()
+        sim = Simulator(DossierService(store, Keyring(keys_dir)), DAY, DAY, scale=0.05,
+                        seed=3, speed=2400)  # one office day in ~20 s of wall time
+        runner = threading.Thread(target=lambda: (sim.run(), sim_done.set()), daemon=True)
+        runner.start()
+        wait_until(lambda: relay.stats.published > 200, 30, "the first events to publish")
+        broker.pause()
+        try:
+            written_at_pause = sum(heads(store).values())
+            time.sleep(20)
+            assert sum(heads(store).values()) > written_at_pause + 100, \
+                "the store stopped taking work while the broker was down"
+        finally:
+            broker.resume()
+        wait_until(sim_done.is_set, 120, "the simulated day to end")
+        wait_until(lambda: unpublished(store) == 0, 120, "the outbox to drain")
+        stop.set()
+        thread.join(30)
+        expected = heads(store)
+        records = read_all(config, [DOSSIER_EVENTS, HOTLINE_EVENTS], sum(expected.values()))
+    assert not sim.summary.refused
+    duplicates = assert_complete_and_ordered(records, expected)
+    assert len(records) == sum(expected.values()) + duplicates
+
+
+def test_relay_killed_with_minus_9_resumes_without_gaps(
+        store: Engine, keys_dir: Path, kafka_config: dict[str, Any], prefix: str,
+        broker: Broker, tmp_path: Path) -> None:
+    simulate(store, keys_dir, scale=0.3)
+    expected = heads(store)
+    total = sum(expected.values())
+    env = cli_env(MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap, MOTCUA_TOPIC_PREFIX=prefix,
+                  MOTCUA_DB_URL=str(store.url), MOTCUA_KEYS_DIR=str(keys_dir))
+
+    def start(holder: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*MOTCUA, "relay", "--all", "--lease-seconds", "3",
+                                 "--batch-size", "50", "--holder", holder], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    first = start("first")
+    try:
+        wait_until(lambda: 0 < total - unpublished(store), 60, "the first relay to publish")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    left = unpublished(store)
+    assert 0 < left < total, "kill -9 came too late to test a resume"
+    second = start("second")
+    try:
+        wait_until(lambda: unpublished(store) == 0, 90, "the second relay to drain")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err.decode()
+    records = read_all(kafka_config, topics_of(prefix), total)
+    duplicates = assert_complete_and_ordered(records, expected)
+    assert duplicates <= 50  # at most the one batch in flight at the kill
+
+
+def test_two_relays_never_publish_the_same_node_together(
+        store: Engine, keys_dir: Path, kafka_config: dict[str, Any], prefix: str) -> None:
+    simulate(store, keys_dir, scale=0.05)
+    expected = heads(store)
+    relays = [Relay(store, kafka_config, topic_prefix=prefix, holder=name, batch_size=100)
+              for name in ("a", "b")]
+    running = [run_relay(r) for r in relays]
+    wait_until(lambda: unpublished(store) == 0, 60, "the outbox to drain")
+    for stop, thread in running:
+        stop.set()
+        thread.join(30)
+    records = read_all(kafka_config, topics_of(prefix), sum(expected.values()))
+    assert assert_complete_and_ordered(records, expected) == 0
+    assert relays[0].stats.published + relays[1].stats.published == len(records)
+
+
+def test_relay_backs_off_until_the_broker_appears(
+        store: Engine, keys_dir: Path, tmp_path: Path, settings: Any) -> None:
+    simulate(store, keys_dir, scale=0.01)
+    port = free_port()
+    config = settings.kafka_config(f"127.0.0.1:{port}")
+    relay = Relay(store, {**config, "bootstrap_timeout_ms": 1000})
+    stop, thread = run_relay(relay)
+    try:
+        wait_until(lambda: relay.stats.failures >= 2, 60, "the relay to fail and retry")
+        assert unpublished(store) > 0
+        with EmbeddedBroker(port, log_path=tmp_path / "tansu.log"):
+            admin = admin_client(config)
+            ensure_topics(admin, topic_specs())
+            admin.close()
+            wait_until(lambda: unpublished(store) == 0, 60, "the outbox to drain")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert relay.stats.last_error is not None
