@@ -44,7 +44,7 @@ def main(n: int = 20_000) -> None:
         verify(by_raw[raw], registry)
 
     def verify_hash_only(raw: bytes) -> None:
-        verify(by_raw[raw])
+        verify(by_raw[raw], None)
 
     def verify_cryptography(raw: bytes) -> None:
         event = by_raw[raw]

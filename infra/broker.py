@@ -11,11 +11,13 @@ them being absent, nor on the broker being tansu.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +28,35 @@ from schemas.errors import MotcuaError
 
 class BrokerError(MotcuaError):
     """The embedded broker cannot be found, started or reached."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Does process ``pid`` hold the listening socket on ``port``? (Linux /proc; elsewhere
+    assumed yes.)"""
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        return True
+    inodes = set()
+    for table in tables:
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{inode}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return True  # cannot look (permissions): do not cry wolf
+    return any(os.readlink(fd) in inodes for fd in fds if fd.is_symlink())
 
 
 def find_tansu(override: Path | None = None) -> Path:
@@ -121,25 +152,46 @@ class EmbeddedBroker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
         # Own session: a Ctrl-C in the terminal reaches motcua, which then stops the broker
-        # in order, instead of killing it under clients that are still flushing.
-        self._proc = subprocess.Popen(
-            [str(self.binary), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdin=subprocess.DEVNULL, stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT, start_new_session=True)
+        # in order, instead of killing it under clients that are still flushing. The
+        # parent-death signal ends it if motcua itself is killed (-9) and cannot.
+        try:
+            self._proc = subprocess.Popen(
+                [str(self.binary), "broker", "--listener-url", url,
+                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                stdin=subprocess.DEVNULL, stdout=self._log or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent)  # only calls prctl: safe before exec
+        except OSError as exc:
+            self.stop()
+            raise BrokerError(f"cannot run tansu at {self.binary}: {exc.strerror} (a binary "
+                              "for another platform, or a broken install?)") from None
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()  # Ctrl-C or a failure while starting: never leave tansu behind
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + timeout
-        while not kafka_answers(self.host, self.port, timeout=0.5):
+        while True:
+            # our own process must be alive *and* the port must answer: a second broker
+            # racing for the same port would answer for a tansu of ours that died
             if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self.stop()
-                raise BrokerError(f"tansu exited with status {code} while starting"
-                                  + (f"; see {self.log_path}" if self.log_path else ""))
+                raise BrokerError(f"tansu exited with status {self._proc.returncode} while "
+                                  "starting" + (f"; see {self.log_path}" if self.log_path
+                                                else f" (port {self.port} taken?)"))
+            if kafka_answers(self.host, self.port, timeout=0.5) and self._proc.poll() is None:
+                if not _listens(self._proc.pid, self.port):
+                    # tansu's listener task panics on a taken port but the process lives on
+                    raise BrokerError(f"port {self.port} on {self.host} is already in use "
+                                      "(another broker won it)")
+                return
             if time.monotonic() > deadline:
-                self.stop()
                 raise BrokerError(f"tansu did not answer Kafka requests on {self.bootstrap} "
                                   f"within {timeout:.0f} s")
             time.sleep(0.02)
-        return self
 
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): connections stay open but nothing is answered."""

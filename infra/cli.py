@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from kafka.errors import KafkaError
 
@@ -16,8 +18,8 @@ from infra.broker import EmbeddedBroker
 from infra.nodes import all_nodes, node_ids
 from infra.settings import Settings, load_settings
 from infra.topics import admin_client, describe, kafka_reason
-from infra.up import UpOptions, provision, run_up, wait_for_stop_signal
-from schemas.check import check_lines
+from infra.up import StopSignals, UpOptions, provision, run_up
+from schemas.check import check_lines, seq_gaps
 from schemas.errors import MotcuaError
 from schemas.jsonschema import JSON_DIR, export
 from schemas.keys import REGISTRY_FILE, init_keystore, load_registry
@@ -30,9 +32,11 @@ def say(text: str) -> None:
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port if args.port is not None else settings.broker_port
-    with EmbeddedBroker(port, binary=settings.tansu_bin) as broker:
+    with StopSignals() as signals, EmbeddedBroker(
+            port, binary=settings.tansu_bin,
+            log_path=settings.data_dir / "log" / "broker.log") as broker:
         say(f"bootstrap={broker.bootstrap}")
-        wait_for_stop_signal()
+        signals.wait()
     return 0
 
 
@@ -73,15 +77,20 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.file is None:
         raise MotcuaError("schemas check needs a FILE (JSON lines, one event per line)")
-    keys = args.keys or settings.keys_path
-    registry = load_registry(keys) if (keys / REGISTRY_FILE).exists() or keys.is_file() else None
-    if registry is None:
-        say(f"note: no key registry at {keys}; checking hashes and chains, not signatures")
+    if args.keys is not None:  # asked for: a missing registry is an error, not a downgrade
+        registry = load_registry(args.keys)
+    elif (settings.keys_path / REGISTRY_FILE).exists():
+        registry = load_registry(settings.keys_path)
+    else:
+        registry = None
+        say(f"note: no key registry at {settings.keys_path} (give --keys DIR); checking "
+            "hashes and chains, NOT signatures")
     try:
         handle = sys.stdin.buffer if str(args.file) == "-" else args.file.open("rb")
     except OSError as exc:
         raise MotcuaError(f"cannot read {args.file}: {exc.strerror}") from None
     good = bad = dup = 0
+    seqs: dict[str, set[int]] = {}
     with handle:
         for result in check_lines(handle, registry):
             if result.error:
@@ -90,7 +99,13 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 good += 1
                 dup += result.duplicate
+                assert result.event is not None
+                seqs.setdefault(result.event.origin, set()).add(result.event.origin_seq)
+    gaps = seq_gaps(seqs)
     say(f"{good + bad} events: {good} valid ({dup} duplicates), {bad} invalid")
+    for origin, first, last in gaps:
+        say(f"note: origin {origin} has no seq {first}" + (f"-{last}" if last > first else "")
+            + " in this file (a gap, if the file should hold that origin's whole chain)")
     return 1 if bad else 0
 
 
@@ -144,8 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so every started child (the broker) is stopped
+    # wherever the command is; StopSignals takes them over where a command waits for them.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         return int(args.func(args, load_settings()))
     except MotcuaError as exc:

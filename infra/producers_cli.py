@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 
 from infra.nodes import get_node, node_ids
 from infra.settings import Settings
-from infra.up import provision, wait_for_stop_signal
+from infra.up import StopSignals, provision
 from producers.migrate import open_store
 from producers.plan import plan
 from producers.relay import Relay
@@ -148,10 +148,13 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
                                      "batch_size": args.batch_size}
     if args.holder:
         extra["holder"] = args.holder
-    relay, stop, thread = start_relay(settings, engine, bootstrap_of(settings), nodes, **extra)
-    say(f"relay {relay.holder}: publishing {'every node' if nodes is None else ', '.join(nodes)}"
-        f" from {engine.url.render_as_string(hide_password=True)}")
-    wait_for_stop_signal()
+    with StopSignals() as signals:
+        relay, stop, thread = start_relay(settings, engine, bootstrap_of(settings), nodes,
+                                          **extra)
+        say(f"relay {relay.holder}: publishing "
+            f"{'every node' if nodes is None else ', '.join(nodes)} from "
+            f"{engine.url.render_as_string(hide_password=True)}")
+        signals.wait()
     stop.set()
     thread.join(30)
     say(f"relay stopped: {relay.stats.published} events published this run")

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # How long a command waits for a first answer from the cluster before saying it is down.
     kafka_bootstrap_timeout_ms: int = Field(default=10_000, ge=500)
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    # 1 suits the embedded broker; a real cluster wants 3 (with min.insync.replicas=2).
+    topic_replication_factor: int = Field(default=1, ge=1)
 
     # The embedded broker holds a group join for half the session timeout: 2000/500 ms gives
     # the first message in ~1 s instead of 5-23 s. Below 2000 ms tansu's groups misbehave.

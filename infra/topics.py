@@ -62,14 +62,18 @@ def _partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str
     return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(wanted)}
 
 
-def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec]) -> list[TopicStatus]:
+def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec], replication: int = 1
+                  ) -> list[TopicStatus]:
+    """Create the missing topics; report each as created or exists. Only the partition count
+    of an existing topic is compared (config drift is not inspected: tansu cannot describe
+    configs); ``motcua topics list`` shows what is there."""
     specs = list(specs)
     counts = _partition_counts(admin, [s.name for s in specs])
     missing = [s for s in specs if s.name not in counts]
     created: set[str] = set()
     for spec in missing:
         try:
-            admin.create_topics([NewTopic(spec.name, spec.partitions, 1,
+            admin.create_topics([NewTopic(spec.name, spec.partitions, replication,
                                           topic_configs=dict(spec.configs))])
             created.add(spec.name)
         except TopicAlreadyExistsError:

@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
 from types import FrameType
+from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 
@@ -40,33 +41,46 @@ from schemas.topics import topic_specs
 Say = Callable[[str], None]
 
 
-def wait_for_stop_signal(tick: Callable[[], None] | None = None, every: float = 30.0) -> str:
-    """Block until SIGINT or SIGTERM; returns the signal's name. ``tick`` runs every
-    ``every`` seconds meanwhile (a status line)."""
-    stop = threading.Event()
-    received: list[str] = []
+class StopSignals:
+    """While entered, SIGINT, SIGTERM and SIGHUP ask for a stop instead of raising, so a
+    stop request that comes while things are still starting is honoured once they have
+    started, and everything is then stopped in order."""
 
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._received: list[str] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
+        self._received.append(signal.Signals(signum).name)
+        self._event.set()
+
+    def wait(self, tick: Callable[[], None] | None = None, every: float = 30.0) -> str:
+        """Block until a stop signal; returns its name. ``tick`` runs every ``every``
+        seconds meanwhile (a status line)."""
         next_tick = time.monotonic() + every
-        while not stop.wait(0.5):
+        while not self._event.wait(0.5):
             if tick is not None and time.monotonic() >= next_tick:
                 tick()
                 next_tick += every
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    return received[0]
+        return self._received[0]
 
 
 def provision(settings: Settings, bootstrap: str, say: Say) -> None:
     admin = admin_client(settings.kafka_config(bootstrap), settings.kafka_bootstrap_timeout_ms)
     try:
-        statuses = ensure_topics(admin, topic_specs(settings.topic_prefix))
+        statuses = ensure_topics(admin, topic_specs(settings.topic_prefix),
+                                 settings.topic_replication_factor)
     finally:
         admin.close()
     for status in statuses:
@@ -90,7 +104,7 @@ class UpOptions:
 def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> int:
     options = options or UpOptions()
     port = options.port
-    with ExitStack() as stack:
+    with StopSignals() as signals, ExitStack() as stack:
         if settings.kafka_bootstrap:
             bootstrap = settings.kafka_bootstrap
             say(f"using the cluster at {bootstrap}")
@@ -125,7 +139,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             say(f"simulator: {options.start} to {options.end}, scale {options.scale:g}, "
                 f"speed {pace}")
         say("motcua is up; press Ctrl-C to stop")
-        name = wait_for_stop_signal(lambda: say(_progress(sim, relay, engine)))
+        name = signals.wait(lambda: say(_progress(sim, relay, engine)))
         say(f"{name} received; stopping")
         stop.set()  # every loop ends; the stack then joins them and stops the broker last
     say("stopped")

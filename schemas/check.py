@@ -29,6 +29,7 @@ def check_lines(lines: Iterable[bytes], registry: KeyRegistry | None = None
                 ) -> Iterator[LineResult]:
     # (origin, seq) -> (hash, prev_hash, line number) of the first event seen there
     seen: dict[tuple[str, int], tuple[str, str, int]] = {}
+    bad_lines: set[int] = set()
     for line_no, raw in enumerate(lines, start=1):
         raw = raw.rstrip(b"\r\n")
         if not raw.strip():
@@ -39,17 +40,37 @@ def check_lines(lines: Iterable[bytes], registry: KeyRegistry | None = None
         except MotcuaError as exc:
             yield LineResult(line_no, None, str(exc))
             continue
-        problem, duplicate = _chain_problem(event, line_no, seen)
+        problem, duplicate = _chain_problem(event, line_no, seen, bad_lines)
+        if problem:
+            bad_lines.add(line_no)
         yield LineResult(line_no, event, problem, duplicate)
 
 
-def _chain_problem(event: AnyEvent, line_no: int,
-                   seen: dict[tuple[str, int], tuple[str, str, int]]) -> tuple[str | None, bool]:
+def seq_gaps(seqs: dict[str, set[int]]) -> list[tuple[str, int, int]]:
+    """(origin, first missing, last missing) for each run of seqs missing between 1 and the
+    highest seq seen of that origin."""
+    gaps = []
+    for origin in sorted(seqs):
+        have = seqs[origin]
+        run_start = None
+        for seq in range(1, max(have) + 1):
+            if seq not in have and run_start is None:
+                run_start = seq
+            elif seq in have and run_start is not None:
+                gaps.append((origin, run_start, seq - 1))
+                run_start = None
+    return gaps
+
+
+def _chain_problem(event: AnyEvent, line_no: int, seen: dict[tuple[str, int], tuple[str, str, int]],
+                   bad_lines: set[int]) -> tuple[str | None, bool]:
     """Check the links to the neighbours already seen, in whatever order lines come."""
     here = (event.origin, event.origin_seq)
     if here in seen:
         first_hash, _, first_line = seen[here]
         if first_hash == event.hash:
+            if first_line in bad_lines:
+                return f"event {event.event_id}: repeats line {first_line}, which is bad", False
             return None, True
         return (f"event {event.event_id}: origin {event.origin} seq {event.origin_seq} was "
                 f"already used by line {first_line} with other content (forked chain)"), False

@@ -31,7 +31,10 @@ def canonical(obj: Any) -> bytes:
 def content_hash(envelope: dict[str, Any]) -> str:
     """sha256 hex of the canonical envelope without ``hash`` and ``sig``."""
     body = {k: v for k, v in envelope.items() if k not in ("hash", "sig")}
-    return hashlib.sha256(canonical(body)).hexdigest()
+    try:
+        return hashlib.sha256(canonical(body)).hexdigest()
+    except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
+        raise SchemaError("<message>", f"cannot be put in canonical form ({exc})") from None
 
 
 def encode(event: AnyEvent) -> bytes:
@@ -39,10 +42,18 @@ def encode(event: AnyEvent) -> bytes:
     return canonical(event.model_dump(mode="json"))
 
 
-def decode(raw: bytes | str) -> AnyEvent:
-    """Parse, upcast and validate one event. Raises ``SchemaError`` for anything wrong."""
+def decode(raw: bytes | bytearray | memoryview | str) -> AnyEvent:
+    """Parse, upcast and validate one event. Raises ``SchemaError`` for anything wrong,
+    including bytes that are valid JSON but not the canonical form (see ``canonical``):
+    a signed event has exactly one spelling, so no two readers can see different events
+    in the same bytes (duplicate keys) and re-encoding never breaks a hash."""
     if isinstance(raw, str):
-        raw = raw.encode("utf-8")
+        try:
+            raw = raw.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SchemaError("<message>", f"not encodable as UTF-8 ({exc.reason} at "
+                                           f"character {exc.start})") from None
+    raw = bytes(raw)
     if len(raw) > MAX_EVENT_BYTES:
         raise SchemaError("<message>", f"{len(raw):,} bytes is over the {MAX_EVENT_BYTES:,}-byte "
                                        "limit for one event")
@@ -68,8 +79,38 @@ def decode(raw: bytes | str) -> AnyEvent:
             event = cls.model_validate_json(canonical(upcasted), strict=True)
     except ValidationError as exc:
         raise schema_error(exc, obj["type"]) from None
+    _require_canonical(raw, obj, event if upcasted is obj else None)
     event._wire_hash = wire_hash
     return event
+
+
+def _require_canonical(raw: bytes, obj: dict[str, Any], event: AnyEvent | None) -> None:
+    """The bytes must be the canonical encoding of the event they validate as."""
+    if event is not None:
+        normal = event.model_dump(mode="json")
+        if normal != obj:
+            where, have, want = _first_difference("", obj, normal)
+            raise SchemaError(where, f"not in canonical form: {_spelled(have)} should be "
+                                     f"written {_spelled(want)}")
+    if canonical(obj) != raw:
+        raise SchemaError("<message>", "not in canonical form (keys sorted at every level, "
+                                       "no whitespace, no \\u escapes, no repeated keys)")
+
+
+_ABSENT = object()
+
+
+def _first_difference(path: str, have: Any, want: Any) -> tuple[str, Any, Any]:
+    if isinstance(have, dict) and isinstance(want, dict):
+        for key in sorted(set(have) | set(want)):
+            a, b = have.get(key, _ABSENT), want.get(key, _ABSENT)
+            if a != b:
+                return _first_difference(f"{path}.{key}" if path else key, a, b)
+    return path or "<event>", have, want
+
+
+def _spelled(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else repr(value)
 
 
 def _check_type(obj: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ No citizen personal data travels: an applicant is at most a salted hash.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -24,8 +24,9 @@ GENESIS_HASH = "0" * 64
 NodeId = Annotated[str, Field(pattern=r"^(\d{5}|site-[a-z0-9]{1,32})$")]
 SubjectId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-# 64-byte Ed25519 signature, standard base64 with padding.
-Signature = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{86}==$")]
+# 64-byte Ed25519 signature, standard base64 with padding. The last character before "=="
+# carries 4 unused bits; requiring them zero leaves one spelling per signature.
+Signature = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{85}[AQgw]==$")]
 # UUID (canonical, lowercase; we issue UUIDv7) or ULID.
 EventId = Annotated[
     str,
@@ -68,6 +69,18 @@ class Event(BaseModel, Generic[D]):
     # sha256 of the content as it arrived on the wire, set by the decoder so verification does
     # not depend on re-serialising (and so still holds after an upcast rewrote the content).
     _wire_hash: str | None = PrivateAttr(default=None)
+
+    # A copy is not the decoded event: whatever changed in it must be hashed again.
+    # (pydantic's model_copy goes through these two.)
+    def __copy__(self) -> Self:
+        clone = super().__copy__()
+        clone._wire_hash = None
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        clone = super().__deepcopy__(memo)
+        clone._wire_hash = None
+        return clone
 
     @property
     def local_date(self) -> date:

@@ -90,9 +90,9 @@ class KeyRegistry:
         return len(self._keys)
 
 
-def verify(event: AnyEvent, registry: KeyRegistry | None = None) -> None:
+def verify(event: AnyEvent, registry: KeyRegistry | None) -> None:
     """Raise ``BadHash``, ``UnknownOrigin`` or ``BadSignature`` unless ``event`` is intact and
-    signed by its origin. Without a registry only the hash is checked."""
+    signed by its origin. ``registry=None`` (said explicitly) checks the hash only."""
     digest = event._wire_hash or content_hash(event.model_dump(mode="json"))
     if digest != event.hash:
         raise BadHash(event.event_id, event.origin,

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +65,57 @@ def test_missing_or_non_executable_binary(tmp_path: Path) -> None:
     result = subprocess.run([*MOTCUA, "broker"], capture_output=True, text=True, timeout=30,
                             env=cli_env(MOTCUA_TANSU_BIN=str(fake)))
     assert result.returncode == 2 and "is not executable" in result.stderr
+
+
+def test_a_binary_that_cannot_run_is_a_clear_error(tmp_path: Path) -> None:
+    fake = tmp_path / "tansu"
+    fake.write_bytes(b"\x00garbage, not a program")
+    fake.chmod(0o755)
+    result = subprocess.run([*MOTCUA, "broker"], capture_output=True, text=True, timeout=30,
+                            env=cli_env(MOTCUA_TANSU_BIN=str(fake)))
+    assert result.returncode == 2
+    assert "cannot run tansu at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_broker_dies_with_a_killed_motcua() -> None:
+    """kill -9 leaves motcua no chance to stop tansu: the parent-death signal does it."""
+    port = free_port()
+    proc = subprocess.Popen([*MOTCUA, "broker", "--port", str(port)], stdout=subprocess.PIPE,
+                            text=True, env=cli_env())
+    assert proc.stdout is not None and proc.stdout.readline().startswith("bootstrap=")
+    assert kafka_answers("127.0.0.1", port)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while kafka_answers("127.0.0.1", port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not kafka_answers("127.0.0.1", port), "tansu outlived a killed motcua"
+
+
+def test_two_brokers_racing_for_one_port() -> None:
+    """Exactly one wins; the other says so instead of claiming the winner's port."""
+    port = free_port()
+    brokers = [EmbeddedBroker(port), EmbeddedBroker(port)]
+    outcomes: list[str] = []
+
+    def start(b: EmbeddedBroker) -> None:
+        try:
+            b.start()
+            outcomes.append("started")
+        except BrokerError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=start, args=(b,)) for b in brokers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sorted(outcomes) == ["refused", "started"]
+        assert [b.running() for b in brokers].count(True) == 1
+    finally:
+        for b in brokers:
+            b.stop()
 
 
 def test_shipped_binary_is_found() -> None:

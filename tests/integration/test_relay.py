@@ -174,10 +174,9 @@ def test_broker_paused_20s_mid_day_loses_nothing(
         admin.close()
         relay = Relay(store, config)
         stop, thread = run_relay(relay)
-        sim_done = threading.Event()
         sim = Simulator(DossierService(store, Keyring(keys_dir)), DAY, DAY, scale=0.05,
                         seed=3, speed=2400)  # one office day in ~20 s of wall time
-        runner = threading.Thread(target=lambda: (sim.run(), sim_done.set()), daemon=True)
+        runner = threading.Thread(target=sim.run, daemon=True)
         runner.start()
         wait_until(lambda: relay.stats.published > 200, 30, "the first events to publish")
         broker.pause()
@@ -188,7 +187,7 @@ def test_broker_paused_20s_mid_day_loses_nothing(
                 "the store stopped taking work while the broker was down"
         finally:
             broker.resume()
-        wait_until(sim_done.is_set, 120, "the simulated day to end")
+        wait_until(lambda: not runner.is_alive(), 120, "the simulated day to end")
         wait_until(lambda: unpublished(store) == 0, 120, "the outbox to drain")
         stop.set()
         thread.join(30)

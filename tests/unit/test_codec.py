@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from schemas import upcasters
 from schemas.codec import canonical, content_hash, decode, encode
+from schemas.errors import SchemaError
 from schemas.events import EVENT_TYPES, DossierWithdrawn
 from schemas.integrity import verify
 from tests.factories import SAMPLE_DATA, Chain, registry_of
@@ -45,13 +46,36 @@ def test_hash_ignores_hash_and_sig_but_covers_everything_else() -> None:
     assert content_hash({**body, "origin_seq": 2}) != event.hash
 
 
-def test_hash_is_independent_of_key_order_and_escapes_on_the_wire() -> None:
-    event = Chain("11977").emit("dossier.refused")
-    body = event.model_dump(mode="json")
-    reordered = orjson.dumps(dict(reversed(list(body.items()))))
-    escaped = reordered.replace("Hồ".encode(), b"H\\u1ed3")
-    assert escaped != reordered
-    verify(decode(escaped))
+def non_canonical_variants() -> list[tuple[str, bytes, str]]:
+    good = encode(Chain("11977").emit("dossier.received"))
+    obj = orjson.loads(good)
+    reordered = orjson.dumps(dict(reversed(list(obj.items()))))
+    no_default = dict(obj, data={k: v for k, v in obj["data"].items() if k != "applicant_hash"})
+    return [
+        ("reordered keys", reordered, "<message>"),
+        ("escaped unicode", good.replace("Đất".encode(), b"\\u0110\\u1ea5t"), "<message>"),
+        ("whitespace", good.replace(b'","', b'", "', 1), "<message>"),
+        ("repeated key", b'{"origin":"12337",' + good[1:], "<message>"),
+        ("offset spelled +07:00 for UTC", good.replace(b"+07:00", b"+07:00"), ""),
+        ("UTC offset spelled out", canonical(dict(
+            obj, occurred_at="2025-07-01T01:00:00+00:00")), "occurred_at"),
+        ("fractional zero seconds", canonical(dict(
+            obj, occurred_at="2025-07-01T08:00:00.000+07:00")), "occurred_at"),
+        ("default left out", canonical(no_default), "data.applicant_hash"),
+    ]
+
+
+@pytest.mark.parametrize(("name", "raw", "field"), non_canonical_variants(),
+                         ids=[v[0] for v in non_canonical_variants()])
+def test_only_the_canonical_spelling_is_accepted(name: str, raw: bytes, field: str) -> None:
+    """One event, one spelling: duplicate keys cannot hide data from the hash, and
+    re-encoding an accepted event never changes its bytes (so never breaks its hash)."""
+    if not field:  # the control row: the canonical bytes themselves
+        assert encode(decode(raw)) == raw
+        return
+    with pytest.raises(SchemaError, match="not in canonical form") as info:
+        decode(raw)
+    assert info.value.field == field
 
 
 def test_local_date_uses_plus_seven() -> None:
@@ -87,7 +111,6 @@ def test_upcaster_rewrites_old_versions_and_hash_still_checks(
 def test_missing_upcaster_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = encode(Chain("11977").emit("dossier.withdrawn"))
     monkeypatch.setitem(upcasters.CURRENT_VERSION, "dossier.withdrawn", 2)
-    from schemas.errors import SchemaError
     with pytest.raises(SchemaError, match=r"no upcaster from version 1 of dossier\.withdrawn"):
         decode(raw)
 

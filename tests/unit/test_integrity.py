@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import stat
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from infra.nodes import node_ids
 from schemas.check import check_lines
 from schemas.codec import decode, encode
-from schemas.errors import BadSignature, UnknownOrigin
+from schemas.errors import BadHash, BadSignature, SchemaError, UnknownOrigin
 from schemas.events import GENESIS_HASH
 from schemas.integrity import verify
 from schemas.keys import KeystoreError, init_keystore, load_registry, load_signing_key
@@ -100,3 +101,27 @@ def test_check_finds_a_broken_link_seen_backwards() -> None:
     results = list(check_lines([encode(second), encode(first)], registry_of(chain)))
     assert results[0].error is None
     assert results[1].error is not None and "is not the prev_hash" in results[1].error
+
+
+def test_a_changed_copy_of_a_verified_event_does_not_verify() -> None:
+    chain = Chain("11977")
+    registry = registry_of(chain)
+    for event in (chain.emit("dossier.resolved"), decode(encode(chain.emit("dossier.resolved")))):
+        verify(event, registry)
+        forged = event.model_copy(update={"origin_seq": 77, "dossier_id": "X"})
+        with pytest.raises(BadHash):
+            verify(forged, registry)
+        verify(copy.deepcopy(event), registry)  # an unchanged copy is still the event
+
+
+def test_a_signature_has_one_spelling() -> None:
+    """base64 leaves 4 bits unused before '=='; a variant spelling is rejected, not
+    accepted as 'the same' signature."""
+    chain = Chain("11977")
+    raw = encode(chain.emit("dossier.resolved"))
+    event = decode(raw)
+    last = event.sig[-3]
+    variant = "BCDEFGHIJKLMNOP"["AQgw".index(last)] if last in "AQgw" else "A"
+    forged = raw.replace(event.sig.encode(), (event.sig[:-3] + variant + "==").encode())
+    with pytest.raises(SchemaError, match="sig: expected the base64"):
+        decode(forged)
