@@ -60,8 +60,11 @@ def main() -> None:
         result = subprocess.run(
             [sys.executable, "-m", "infra.cli", "simulate", "--from", "2025-07-01", "--to",
              "2025-07-30", "--speed", "max", "--scale", args.scale, "--drain-timeout", "900"],
-            env=env, capture_output=True, text=True, check=True)
+            env=env, capture_output=True, text=True)
         wall = time.monotonic() - started
+        if result.returncode != 0:
+            print(f"motcua simulate exited {result.returncode}:\n{result.stderr[-3000:]}\n"
+                  f"{result.stdout[-3000:]}")
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         summary = json.loads(result.stdout)
         counted, seen = count_received(broker.bootstrap,
@@ -74,6 +77,9 @@ def main() -> None:
           f"{summary['events_per_s']:,} events/s), peak RSS {peak_mib:.0f} MiB")
     print(f"topic count: {seen:,} dossier events; dossier.received by channel: "
           f"{dict(counted)}; total {sum(counted.values()):,}")
+    if summary["refused_operations"]:
+        print(f"{summary['refused_operations']} operations refused, e.g. "
+              f"{summary['refused_examples']}")
     agree = all(counted[c] == rec[c] for c in ("in_person", "online", "postal"))
     print("topic agrees with the summary" if agree else "MISMATCH between topic and summary")
 

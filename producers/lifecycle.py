@@ -64,6 +64,21 @@ _ONLINE_HOURS = (1, 1, 1, 1, 1, 2, 4, 8, 10, 10, 9, 8, 5, 6, 9, 9, 8, 6, 5, 5, 4
 
 def lifecycle(rng: random.Random, dossier_id: str, node: Node, day: date, channel: str,
               full_online: bool) -> list[Op]:
+    """The dossier's calls, at whole seconds, each at least a second after the one before:
+    the fold orders events by time, so a tie between two nodes' events would order them
+    by node id instead of by what happened."""
+    ops = _calls(rng, dossier_id, node, day, channel, full_online)
+    spaced: list[Op] = []
+    for when, *rest in ops:
+        when = when.replace(microsecond=0)
+        if spaced and when <= spaced[-1][0]:
+            when = spaced[-1][0] + timedelta(seconds=1)
+        spaced.append((when, *rest))  # type: ignore[arg-type]
+    return spaced
+
+
+def _calls(rng: random.Random, dossier_id: str, node: Node, day: date, channel: str,
+           full_online: bool) -> list[Op]:
     field, days, _, codes = rng.choices(FIELDS, weights=_FIELD_WEIGHTS)[0]
     received = receipt_time(rng, day, channel == "online")
     due = add_business_days(day, days)
@@ -128,4 +143,4 @@ def _resolution(rng: random.Random, ops: list[Op], t: datetime, handler: str, du
         return add_office_hours(max(t, deadline), rng.uniform(1, 40)), due
     hours = (deadline - t).total_seconds() / 3600
     finish = add_office_hours(t, rng.uniform(0.1, max(0.2, hours * 0.5)))
-    return min(finish, deadline - timedelta(minutes=1)) if finish > t else t, due
+    return max(t, min(finish, deadline - timedelta(minutes=1))), due

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.nodes import node_ids
-from schemas.check import check_lines
+from schemas.check import check_lines, seq_gaps
 from schemas.codec import decode, encode
 from schemas.errors import BadHash, BadSignature, SchemaError, UnknownOrigin
 from schemas.events import GENESIS_HASH
@@ -125,3 +125,19 @@ def test_a_signature_has_one_spelling() -> None:
     forged = raw.replace(event.sig.encode(), (event.sig[:-3] + variant + "==").encode())
     with pytest.raises(SchemaError, match="sig: expected the base64"):
         decode(forged)
+
+
+def test_a_repeated_bad_line_is_bad_too_and_gaps_are_found() -> None:
+    chain = Chain("11977")
+    events = [chain.emit("dossier.resolved") for _ in range(6)]
+    stray = Chain("11977", chain.key)  # seq 1 with a non-genesis prev_hash
+    stray.head = "d" * 64
+    bad_first = encode(stray.emit("dossier.resolved"))
+    results = list(check_lines([bad_first, bad_first], registry_of(chain)))
+    assert all(r.error for r in results), [r.error for r in results]
+    assert "repeats line 1" in (results[1].error or "")
+
+    kept = [events[i] for i in (0, 1, 4, 5)]  # seq 3 and 4 missing
+    good = [r for r in check_lines([encode(e) for e in kept], registry_of(chain))]
+    seqs = {"11977": {r.event.origin_seq for r in good if r.event is not None}}
+    assert seq_gaps(seqs) == [("11977", 3, 4)]

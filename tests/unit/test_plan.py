@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import date, datetime
 
@@ -21,6 +22,8 @@ from producers.plan import (
     hotline_plan,
     plan,
 )
+from producers.service import MOVES
+from schemas.enums import DossierStatus as S
 from schemas.events import LOCAL_TZ
 
 
@@ -93,5 +96,34 @@ def test_lifecycles_are_deterministic_and_ordered() -> None:
                                 False)
         assert ops[0][2] == "receive"
         times = [op[0] for op in ops]
-        assert times == sorted(times)
+        assert all(a < b for a, b in itertools.pairwise(times)), "ties order by node id"
         assert {op[1] for op in ops} <= {"12337", site_for(node)}
+
+
+VERB = {"accept": "accept", "refuse": "refuse", "start_processing": "start processing",
+        "request_supplement": "request a supplement",
+        "supplement_received": "resume after the supplement", "await_fees": "await fees",
+        "fees_paid": "resume after fees", "stop": "stop",
+        "extend_deadline": "extend the deadline", "resolve": "resolve",
+        "return_result": "return the result", "withdraw": "withdraw"}
+AFTER = {"refuse": S.REFUSED, "request_supplement": S.SUPPLEMENT_REQUESTED,
+         "resolve": S.RESULT_READY, "return_result": S.RESULT_RETURNED,
+         "withdraw": S.WITHDRAWN}
+
+
+def test_every_simulated_life_is_legal_for_the_service() -> None:
+    """Walk each planned life through the service's move table (no database): a refused
+    call in a simulation would be a simulator bug."""
+    for cell in plan(JULY_FROM, JULY_TO, scale=0.05, seed=3):
+        for k in range(cell.total):
+            channel = "online" if k < cell.online else "in_person"
+            ops = lifecycle(random.Random(hash((cell.day, cell.node.id, k))), f"D{k}",
+                            cell.node, cell.day, channel, False)
+            status = S.SUBMITTED_ONLINE if channel == "online" else S.ACCEPTED
+            assert all(a[0] < b[0] for a, b in itertools.pairwise(ops)), ops
+            for _, _, method, _, kwargs in ops[1:]:
+                move = MOVES[VERB[method]]
+                assert status in move.allowed_from, (method, status, ops)
+                status = move.to_status or AFTER.get(method, status)
+                if method == "extend_deadline":
+                    assert kwargs["new_due_date"] > ops[0][4]["due_date"]
