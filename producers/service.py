@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from nacl.signing import SigningKey
@@ -142,8 +142,7 @@ class DossierService:
                                     f"{state.receiving_node}); a dossier id is never reused")
             return DossierReceived, data
 
-        when = at or self.clock()
-        return self._write(node, dossier_id, build, when)
+        return self._write(node, dossier_id, build, at)
 
     def accept(self, node: str, dossier_id: str, *, at: datetime | None = None
                ) -> DossierState:
@@ -220,7 +219,7 @@ class DossierService:
                                reason=payload.get("reason"))
             return rule.event, payload
 
-        return self._write(node, dossier_id, build, at or self.clock())
+        return self._write(node, dossier_id, build, at)
 
     # --- hotline ------------------------------------------------------------------------
 
@@ -269,13 +268,19 @@ class DossierService:
 
     def _write(self, node: str, dossier_id: str | None,
                build: Callable[[DossierState | None, int, datetime], tuple[Any, Any]],
-               when: datetime) -> DossierState:
+               at: datetime | None) -> DossierState:
         get_node(node)
         key = self._key(node)
+        when = at or self.clock()
         with self._transaction() as conn:
             seq, head = store.lock_head(conn, node)
             subject = dossier_id or _default_id(node, when, seq + 1)
             state = store.load_dossier(conn, subject, lock=True)
+            if at is None and state is not None and state.last_key is not None:
+                # The clerk acts on what the store shows, so the act comes after it: a
+                # clock behind another node's must not order this event before the one it
+                # answers. (A time given explicitly is recorded as given.)
+                when = max(when, state.last_key[0] + timedelta(milliseconds=1))
             cls, data = build(state, seq, when)
             event = self._seal(cls, node, seq, head, subject, when, data, key)
             store.append(conn, event, DOSSIER_EVENTS)

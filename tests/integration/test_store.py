@@ -192,3 +192,21 @@ def test_concurrent_writers_keep_seq_contiguous_and_chain_intact(
         states = {r.dossier_id: r.status for r in conn.execute(select(dossiers))}
     assert len(states) == threads * per_thread
     assert set(states.values()) == {int(DossierStatus.ACCEPTED)}
+
+
+def test_a_clock_behind_another_node_still_orders_the_answer_after(
+        db_engine: Engine, keys: dict[str, SigningKey]) -> None:
+    """The site's clock is an hour ahead of the commune's: the commune's return (clock
+    time) must still fold after the site's resolution, not before it."""
+    migrate(db_engine)
+    site = DossierService(db_engine, keys, clock=lambda: T0 + timedelta(hours=1))
+    commune = DossierService(db_engine, keys, clock=lambda: T0)
+    d = commune.receive("11977", channel="in_person", procedure_code="1.001", field="land",
+                        due_date=date(2025, 7, 4), components_digitised=False).dossier_id
+    site.start_processing("site-phohien", d)
+    site.resolve("site-phohien", d, result_digitised=True)
+    final = commune.return_result("11977", d, delivery="in_person")
+    assert final.status is DossierStatus.RESULT_RETURNED
+    assert final.anomalies == ()
+    assert final.returned_at is not None and final.resolved_at is not None
+    assert final.returned_at > final.resolved_at
