@@ -5,8 +5,10 @@ the store at ``MOTCUA_DB_URL``. It needs the node's events in the outbox and a r
 cluster; when the cluster is not reachable it backs off (0.2 s doubling to 30 s) and retries,
 while the dossier service keeps writing to the store. Nothing is lost: a row is marked
 published (partition, offset) only after Kafka acknowledged it (acks=all, idempotent
-producer). After a crash it resumes at the first unmarked row; rows that were sent but not
-yet marked are sent again, with the same event_id, and readers drop them as duplicates.
+producer); the marks of one round are written while the next round is on the wire. After a
+crash it resumes at the first unmarked row; rows that were acknowledged but not yet marked
+(at most two rounds) are sent again, with the same event_id, and readers drop them as
+duplicates.
 Only one relay publishes a node at a time: it holds a lease row in the store, renewed while
 it runs; a relay killed with -9 is replaced once its lease expires (``lease_seconds``).
 """
@@ -71,6 +73,8 @@ class Relay:
         self.stats = RelayStats()
         self._producer: KafkaProducer | None = None
         self._held: dict[str, datetime] = {}  # node -> lease expiry we wrote
+        self._acked: list[dict[str, Any]] = []  # acknowledged by Kafka, not yet recorded
+        self._acked_keys: set[tuple[str, int]] = set()
         self._next_claim = 0.0
 
     # --- loop -----------------------------------------------------------------------------
@@ -95,47 +99,66 @@ class Relay:
         self.close()
 
     def close(self) -> None:
+        self._record()
         self._drop_producer()
         self._release_leases()
 
     # --- one round ------------------------------------------------------------------------
 
     def publish_once(self) -> int:
-        """Publish up to ``batch_size`` unpublished events of the leased nodes; returns how
-        many were acknowledged and marked. Raises ``KafkaError`` if any send failed (the
-        acknowledged ones are marked first)."""
+        """One round: send up to ``batch_size`` unpublished events of the leased nodes, and
+        record the previous round's acknowledgements while this one is on the wire.
+        Returns how many events were acknowledged or recorded (0: nothing to do). Raises
+        ``KafkaError`` if a send failed; what was acknowledged is recorded first."""
         nodes = self._leased_nodes()
-        if not nodes:
-            return 0
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(outbox.c.origin, outbox.c.origin_seq, outbox.c.topic,
-                       outbox.c.dossier_id, outbox.c.body)
-                .where(outbox.c.published_at.is_(None), outbox.c.origin.in_(nodes))
-                .order_by(outbox.c.origin, outbox.c.origin_seq).limit(self.batch_size)).all()
+        rows = self._next_rows(nodes) if nodes else []
         if not rows:
-            return 0
+            return self._record()
         producer = self._get_producer()
         futures = [(row, producer.send(self.prefix + row.topic, value=bytes(row.body),
                                        key=row.dossier_id.encode()))
                    for row in rows]
+        self._record()  # database work overlaps the producer's network I/O
         producer.flush()
         now = datetime.now(UTC)
-        marks, error = [], None
+        acked, error = 0, None
         for row, future in futures:
             try:
                 meta = future.get(timeout=0)
             except KafkaError as exc:
                 error = exc
                 continue
-            marks.append({"o": row.origin, "s": row.origin_seq, "at": now,
-                          "p": meta.partition, "off": meta.offset})
-        if marks:
-            with self.engine.begin() as conn:
-                conn.execute(_MARK, marks)
-        self.stats.published += len(marks)
+            self._acked.append({"o": row.origin, "s": row.origin_seq, "at": now,
+                                "p": meta.partition, "off": meta.offset})
+            self._acked_keys.add((row.origin, row.origin_seq))
+            acked += 1
+        self.stats.published += acked
         if error is not None:
+            self._record()
             raise error
+        return acked
+
+    def _next_rows(self, nodes: list[str]) -> list[Any]:
+        """Unpublished rows in (origin, seq) order, minus those acknowledged but not yet
+        recorded."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox.c.origin, outbox.c.origin_seq, outbox.c.topic,
+                       outbox.c.dossier_id, outbox.c.body)
+                .where(outbox.c.published_at.is_(None), outbox.c.origin.in_(nodes))
+                .order_by(outbox.c.origin, outbox.c.origin_seq)
+                .limit(self.batch_size + len(self._acked_keys))).all()
+        return [r for r in rows if (r.origin, r.origin_seq) not in self._acked_keys
+                ][:self.batch_size]
+
+    def _record(self) -> int:
+        """Write the acknowledged events' partition/offset to the outbox."""
+        if not self._acked:
+            return 0
+        marks, self._acked = self._acked, []
+        with self.engine.begin() as conn:
+            conn.execute(_MARK, marks)
+        self._acked_keys.clear()
         return len(marks)
 
     # --- producer -------------------------------------------------------------------------

@@ -101,17 +101,25 @@ class DossierService:
         self._local = threading.local()  # the batch connection, per thread
 
     @contextmanager
-    def batch(self) -> Iterator[DossierService]:
-        """Run many calls in one database transaction (the simulator's bulk mode). Each
-        call still writes all or nothing: it runs in its own SAVEPOINT, and a refused call
-        leaves the others in place. Everything becomes durable (and visible to the relay)
-        when the block exits; an exception out of the block rolls all of it back."""
+    def batch(self, commit_every: int | None = None) -> Iterator[DossierService]:
+        """Run many calls on one connection, committing every ``commit_every`` calls (the
+        simulator's bulk mode). Each call still writes all or nothing: it runs in its own
+        SAVEPOINT, and a refused call leaves the others in place. An exception out of the
+        block rolls back the calls since the last commit. PostgreSQL slows down sharply
+        once a transaction holds more than 64 subtransactions (its per-backend subxid
+        cache overflows), hence its small default."""
         if getattr(self._local, "batch", None) is not None:
             raise RuntimeError("batches do not nest")
-        with self.engine.begin() as conn:
-            self._local.batch = conn
+        limit = commit_every or (50 if self.engine.dialect.name == "postgresql" else 1000)
+        with self.engine.connect() as conn:
+            self._local.batch, self._local.limit, self._local.calls = conn, limit, 0
+            conn.begin()
             try:
                 yield self
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
             finally:
                 self._local.batch = None
 
@@ -121,9 +129,14 @@ class DossierService:
         if batch is None:
             with self.engine.begin() as conn:
                 yield conn
-        else:
-            with batch.begin_nested():
-                yield batch
+            return
+        with batch.begin_nested():
+            yield batch
+        self._local.calls += 1
+        if self._local.calls >= self._local.limit:
+            batch.commit()
+            batch.begin()
+            self._local.calls = 0
 
     # --- intake -------------------------------------------------------------------------
 

@@ -230,7 +230,7 @@ def test_relay_killed_with_minus_9_resumes_without_gaps(
     assert second.returncode == 0, err.decode()
     records = read_all(kafka_config, topics_of(prefix), total)
     duplicates = assert_complete_and_ordered(records, expected)
-    assert duplicates <= 50  # at most the one batch in flight at the kill
+    assert duplicates <= 100  # at most two rounds of 50 acknowledged but unrecorded
 
 
 def test_two_relays_never_publish_the_same_node_together(
