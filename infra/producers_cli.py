@@ -179,7 +179,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--node", action="append", help="node id (repeatable)")
     p.add_argument("--all", action="store_true", help="every node in the store")
     p.add_argument("--db", help="node store URL (default MOTCUA_DB_URL or var/nodes.db)")
-    p.add_argument("--lease-seconds", type=float, default=15.0)
+    p.add_argument("--lease-seconds", type=float, default=60.0,
+                   help="how long another relay waits after this one died (default 60)")
     p.add_argument("--holder", help="lease holder name (default host:pid)")
     p.add_argument("--batch-size", type=int, default=2000, help="events per send round")
     p.set_defaults(func=lambda a, s: cmd_relay(a, s, say))

@@ -65,11 +65,15 @@ class StopSignals:
         self._received.append(signal.Signals(signum).name)
         self._event.set()
 
-    def wait(self, tick: Callable[[], None] | None = None, every: float = 30.0) -> str:
+    def wait(self, tick: Callable[[], None] | None = None, every: float = 30.0,
+             watch: Callable[[], str | None] | None = None) -> str:
         """Block until a stop signal; returns its name. ``tick`` runs every ``every``
-        seconds meanwhile (a status line)."""
+        seconds meanwhile (a status line); ``watch`` every half second, and a reason it
+        returns ends the wait too (something vital died)."""
         next_tick = time.monotonic() + every
         while not self._event.wait(0.5):
+            if watch is not None and (reason := watch()):
+                return reason
             if tick is not None and time.monotonic() >= next_tick:
                 tick()
                 next_tick += every
@@ -104,6 +108,7 @@ class UpOptions:
 def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> int:
     options = options or UpOptions()
     port = options.port
+    broker: EmbeddedBroker | None = None
     with StopSignals() as signals, ExitStack() as stack:
         if settings.kafka_bootstrap:
             bootstrap = settings.kafka_bootstrap
@@ -139,11 +144,23 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             say(f"simulator: {options.start} to {options.end}, scale {options.scale:g}, "
                 f"speed {pace}")
         say("motcua is up; press Ctrl-C to stop")
-        name = signals.wait(lambda: say(_progress(sim, relay, engine)))
+        name = signals.wait(lambda: say(_progress(sim, relay, engine)),
+                            watch=lambda: _broker_gone(broker))
+        if name.startswith("error:"):
+            say(f"{name}; stopping")
+            stop.set()
+            return 1
         say(f"{name} received; stopping")
         stop.set()  # every loop ends; the stack then joins them and stops the broker last
     say("stopped")
     return 0
+
+
+def _broker_gone(broker: EmbeddedBroker | None) -> str | None:
+    if broker is None or broker.running():
+        return None
+    return (f"error: the embedded broker exited (see {broker.log_path}); its log is lost, "
+            "`motcua up` again rebuilds it from the node stores")
 
 
 def republish_all(engine: Engine) -> int:

@@ -10,7 +10,11 @@ crash it resumes at the first unmarked row; rows that were acknowledged but not 
 (at most two rounds) are sent again, with the same event_id, and readers drop them as
 duplicates.
 Only one relay publishes a node at a time: it holds a lease row in the store, renewed while
-it runs; a relay killed with -9 is replaced once its lease expires (``lease_seconds``).
+it runs; a relay killed with -9 is replaced once its lease expires (``lease_seconds``). A
+round (send + wait for the acks) is bounded by a third of the lease, and a node is sent only
+while its lease has at least that long to run, so a round never outlives its lease: a relay
+that stalled (a paused broker, a paused process) cannot still be sending when another has
+taken over. Database errors (a restarted PostgreSQL) are retried like Kafka errors.
 """
 
 from __future__ import annotations
@@ -28,26 +32,33 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from producers import store
 from producers.tables import node_heads, outbox, relay_leases
 
 log = logging.getLogger("motcua.relay")
 
+# Only a row not yet marked: if two relays ever published one row, the first mark stands.
 _MARK = (update(outbox)
-         .where(outbox.c.origin == bindparam("o"), outbox.c.origin_seq == bindparam("s"))
+         .where(outbox.c.origin == bindparam("o"), outbox.c.origin_seq == bindparam("s"),
+                outbox.c.published_at.is_(None))
          .values(published_at=bindparam("at"), kafka_partition=bindparam("p"),
                  kafka_offset=bindparam("off")))
 
 
-def producer_config(kafka_config: dict[str, Any]) -> dict[str, Any]:
+def producer_config(kafka_config: dict[str, Any], round_seconds: float = 20.0
+                    ) -> dict[str, Any]:
     """Durable, ordered publishing: every replica acknowledges, retries keep order and add
     no duplicates (idempotence), and the record timestamp is the send time (the default):
-    never the event time, which retention would otherwise act on."""
+    never the event time, which retention would otherwise act on. A send gives up after
+    ``round_seconds`` (the relay then backs off and sends again)."""
+    budget_ms = int(round_seconds * 1000)
     return {**kafka_config, "acks": "all", "enable_idempotence": True,
             "max_in_flight_requests_per_connection": 5, "linger_ms": 5,
-            "batch_size": 256 * 1024, "request_timeout_ms": 15_000,
-            "delivery_timeout_ms": 60_000, "client_id": "motcua-relay"}
+            "batch_size": 256 * 1024, "request_timeout_ms": max(500, budget_ms // 2),
+            "delivery_timeout_ms": budget_ms, "max_block_ms": max(500, budget_ms // 4),
+            "client_id": "motcua-relay"}
 
 
 @dataclass
@@ -61,7 +72,7 @@ class Relay:
     def __init__(self, engine: Engine, kafka_config: dict[str, Any], *,
                  nodes: Sequence[str] | None = None, topic_prefix: str = "",
                  holder: str | None = None, batch_size: int = 2000,
-                 lease_seconds: float = 15.0, idle_sleep: float = 0.02) -> None:
+                 lease_seconds: float = 60.0, idle_sleep: float = 0.02) -> None:
         self.engine = engine
         self.kafka_config = kafka_config
         self.nodes = list(nodes) if nodes is not None else None  # None: every node in store
@@ -69,6 +80,7 @@ class Relay:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.batch_size = batch_size
         self.lease = timedelta(seconds=lease_seconds)
+        self.round_budget = self.lease / 3
         self.idle_sleep = idle_sleep
         self.stats = RelayStats()
         self._producer: KafkaProducer | None = None
@@ -88,10 +100,11 @@ class Relay:
                 delay = 0.2
                 if sent == 0:
                     stop.wait(self.idle_sleep)
-            except KafkaError as exc:
+            except (KafkaError, SQLAlchemyError) as exc:
                 self.stats.failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("relay: Kafka unavailable (%s); retrying in %.1f s",
+                log.warning("relay: %s unavailable (%s); retrying in %.1f s",
+                            "Kafka" if isinstance(exc, KafkaError) else "the store",
                             self.stats.last_error, delay)
                 self._drop_producer()
                 stop.wait(delay)
@@ -99,9 +112,15 @@ class Relay:
         self.close()
 
     def close(self) -> None:
-        self._record()
+        try:
+            self._record()
+        except SQLAlchemyError:  # the store is down: those rows are sent again later
+            log.warning("relay: could not record the last acknowledgements", exc_info=True)
         self._drop_producer()
-        self._release_leases()
+        try:
+            self._release_leases()
+        except SQLAlchemyError:  # they expire by themselves
+            log.warning("relay: could not release leases", exc_info=True)
 
     # --- one round ------------------------------------------------------------------------
 
@@ -165,7 +184,8 @@ class Relay:
 
     def _get_producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(**producer_config(self.kafka_config))
+            self._producer = KafkaProducer(**producer_config(
+                self.kafka_config, self.round_budget.total_seconds()))
         return self._producer
 
     def _drop_producer(self) -> None:
@@ -186,7 +206,9 @@ class Relay:
         if renew_due or time.monotonic() >= self._next_claim:
             self._claim(now)
             self._next_claim = time.monotonic() + min(2.0, self.lease.total_seconds() / 3)
-        return sorted(n for n, until in self._held.items() if until > now)
+            now = datetime.now(UTC)
+        # a round may take round_budget: send a node only if its lease outlasts that
+        return sorted(n for n, until in self._held.items() if until - now > self.round_budget)
 
     def _claim(self, now: datetime) -> None:
         until = now + self.lease
@@ -194,6 +216,7 @@ class Relay:
             wanted = self.nodes
             if wanted is None:
                 wanted = [r.node_id for r in conn.execute(select(node_heads.c.node_id))]
+            wanted = sorted(wanted)  # one lock order for every relay: no deadlock
             held: dict[str, datetime] = {}
             for node in wanted:
                 store.insert_ignore(conn, relay_leases,

@@ -18,6 +18,7 @@ from typing import Any
 from nacl.signing import SigningKey
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import IntegrityError
 
 from infra.nodes import get_node
 from producers import store
@@ -126,12 +127,18 @@ class DossierService:
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         batch: Connection | None = getattr(self._local, "batch", None)
-        if batch is None:
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        with batch.begin_nested():
-            yield batch
+        try:
+            if batch is None:
+                with self.engine.begin() as conn:
+                    yield conn
+                return
+            with batch.begin_nested():
+                yield batch
+        except IntegrityError as exc:
+            # only a new id can collide (existing rows are locked): another node wrote the
+            # same dossier or call id at the same moment
+            raise DossierExists(f"id already in use (written concurrently elsewhere): "
+                                f"{exc.orig}") from None
         self._local.calls += 1
         if self._local.calls >= self._local.limit:
             batch.commit()
@@ -213,7 +220,9 @@ class DossierService:
     def move(self, node: str, dossier_id: str, verb: str, data: dict[str, Any] | None = None,
              *, at: datetime | None = None) -> DossierState:
         """Apply the named move (see ``MOVES``) to an existing dossier."""
-        rule = MOVES[verb]
+        rule = MOVES.get(verb)
+        if rule is None:
+            raise InvalidRequest(f"unknown move {verb!r} (known: {', '.join(MOVES)})")
         payload = dict(data or {})
 
         def build(state: DossierState | None, seq: int, when: datetime) -> tuple[Any, Any]:
@@ -259,6 +268,7 @@ class DossierService:
 
     def call_closed(self, site: str, call_id: str, category: HotlineCategory | str, *,
                     resolved: bool, at: datetime | None = None) -> None:
+        """Close a call, at the site that took it, not before it was taken."""
         get_node(site)
         when = at or self.clock()
         key = self._key(site)
@@ -270,6 +280,12 @@ class DossierService:
                 raise DossierNotFound(f"no hotline call {call_id} in this store")
             if row.closed_at is not None:
                 raise DossierTransitionError(f"call {call_id} is already closed")
+            if row.site != site:
+                raise InvalidRequest(f"call {call_id} was taken at {row.site}; only that site "
+                                     f"closes it, not {site}")
+            if _check_time(when) < row.received_at:
+                raise InvalidRequest(f"at: {when.isoformat()} is before call {call_id} was "
+                                     f"received ({row.received_at.isoformat()})")
             event = self._seal(HotlineCallClosed, site, seq, head, call_id, when,
                                {"category": category, "resolved": resolved}, key)
             store.append(conn, event, HOTLINE_EVENTS)
@@ -284,17 +300,22 @@ class DossierService:
                at: datetime | None) -> DossierState:
         get_node(node)
         key = self._key(node)
-        when = at or self.clock()
+        when = _check_time(at or self.clock())
         with self._transaction() as conn:
             seq, head = store.lock_head(conn, node)
             subject = dossier_id or _default_id(node, when, seq + 1)
             state = store.load_dossier(conn, subject, lock=True)
-            if at is None and state is not None and state.last_key is not None:
+            cls, data = build(state, seq, when)
+            if state is not None and state.last_key is not None and when <= state.last_key[0]:
+                last = state.last_key[0].astimezone(LOCAL_TZ).isoformat()
+                if at is not None:  # validated against now, it would fold in the past
+                    raise InvalidRequest(f"at: {at.isoformat()} is not after dossier "
+                                         f"{subject}'s last event ({last}); a move cannot "
+                                         "be back-dated")
                 # The clerk acts on what the store shows, so the act comes after it: a
                 # clock behind another node's must not order this event before the one it
-                # answers. (A time given explicitly is recorded as given.)
-                when = max(when, state.last_key[0] + timedelta(milliseconds=1))
-            cls, data = build(state, seq, when)
+                # answers.
+                when = state.last_key[0] + timedelta(milliseconds=1)
             event = self._seal(cls, node, seq, head, subject, when, data, key)
             store.append(conn, event, DOSSIER_EVENTS)
             new = store.advance(conn, state, event)
@@ -304,9 +325,7 @@ class DossierService:
     def _seal(self, cls: type[Event], node: str, seq: int, head: str,  # type: ignore[type-arg]
               subject: str, when: datetime, data: dict[str, Any], key: SigningKey
               ) -> AnyEvent:
-        if when.tzinfo is None:
-            raise InvalidRequest(f"at: {when.isoformat()} has no time zone; pass an aware "
-                                 "datetime (Asia/Ho_Chi_Minh is +07:00)")
+        _check_time(when)
         try:
             return seal(cls, origin=node, origin_seq=seq + 1, prev_hash=head,
                         dossier_id=subject, occurred_at=when, data=data, key=key)
@@ -320,6 +339,15 @@ class DossierService:
             return self._keys[node]
         except KeyError:
             raise InvalidRequest(f"node {node}: no signing key in this store's keyring") from None
+
+
+def _check_time(when: object) -> datetime:
+    if not isinstance(when, datetime):
+        raise InvalidRequest(f"at: expected a datetime, got {type(when).__name__}")
+    if when.tzinfo is None:
+        raise InvalidRequest(f"at: {when.isoformat()} has no time zone; pass an aware "
+                             "datetime (Asia/Ho_Chi_Minh is +07:00)")
+    return when
 
 
 def _category(event: AnyEvent) -> str:

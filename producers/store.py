@@ -20,6 +20,7 @@ from schemas.codec import decode, encode
 from schemas.enums import Channel, DossierStatus
 from schemas.events import GENESIS_HASH, AnyEvent
 from schemas.fold import DossierState, apply, event_key, fold
+from schemas.topics import DOSSIER_EVENTS
 
 # Statements are built once with bind parameters: building them per call (``.values(...)``
 # with literals) cost more than the database work itself (profiled: ~70% of a service call).
@@ -32,7 +33,9 @@ _INSERT_HEAD = {
 _MOVE_HEAD = (update(node_heads).where(node_heads.c.node_id == bindparam("origin"))
               .values(last_seq=bindparam("origin_seq"), head_hash=bindparam("hash")))
 _INSERT_EVENT = insert(outbox)
-_EVENTS_OF = select(outbox.c.body).where(outbox.c.dossier_id == bindparam("dossier_id"))
+# a hotline call may carry the same id as a dossier: only dossier events fold into dossiers
+_EVENTS_OF = select(outbox.c.body).where(outbox.c.dossier_id == bindparam("dossier_id"),
+                                         outbox.c.topic == DOSSIER_EVENTS)
 _SELECT_DOSSIER = select(dossiers).where(dossiers.c.dossier_id == bindparam("dossier_id"))
 _INSERT_DOSSIER = insert(dossiers)
 _UPDATE_DOSSIER = update(dossiers).where(dossiers.c.dossier_id == bindparam("key"))

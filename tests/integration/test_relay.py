@@ -20,6 +20,7 @@ from kafka import KafkaConsumer
 from sqlalchemy import Engine, func, select
 
 from infra.broker import EmbeddedBroker, free_port
+from infra.db import make_engine
 from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
 from producers.migrate import open_store
@@ -231,6 +232,45 @@ def test_relay_killed_with_minus_9_resumes_without_gaps(
     records = read_all(kafka_config, topics_of(prefix), total)
     duplicates = assert_complete_and_ordered(records, expected)
     assert duplicates <= 100  # at most two rounds of 50 acknowledged but unrecorded
+
+
+def test_a_dead_relays_nodes_are_taken_over_only_after_its_lease(
+        store: Engine, keys_dir: Path, kafka_config: dict[str, Any], prefix: str) -> None:
+    """Relay a publishes a few rounds and dies without a word (no close, leases held);
+    b gets nothing until a's lease has run out, then publishes the rest."""
+    simulate(store, keys_dir, scale=0.05)
+    expected = heads(store)
+    a = Relay(store, kafka_config, topic_prefix=prefix, holder="a", batch_size=100,
+              lease_seconds=3)
+    for _ in range(3):
+        a.publish_once()
+    died = time.monotonic()
+    b = Relay(store, kafka_config, topic_prefix=prefix, holder="b", batch_size=100,
+              lease_seconds=3)
+    assert b.publish_once() == 0, "b published while a's lease was running"
+    stop, thread = run_relay(b)
+    wait_until(lambda: unpublished(store) == 0, 60, "b to drain the outbox")
+    stop.set()
+    thread.join(30)
+    assert time.monotonic() - died >= 2.9
+    records = read_all(kafka_config, topics_of(prefix), sum(expected.values()))
+    duplicates = assert_complete_and_ordered(records, expected)
+    assert duplicates <= 100  # a's last round: acknowledged, never recorded
+
+
+def test_a_relay_survives_a_store_that_is_down() -> None:
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+                         connect_args={"connect_timeout": 1})
+    relay = Relay(engine, {"bootstrap_servers": ["127.0.0.1:1"]}, nodes=["11977"])
+    stop, thread = run_relay(relay)
+    try:
+        wait_until(lambda: relay.stats.failures >= 2, 30, "two failed rounds")
+        assert thread.is_alive(), "a database error killed the relay"
+        assert relay.stats.last_error is not None
+        assert "OperationalError" in relay.stats.last_error
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def test_two_relays_never_publish_the_same_node_together(

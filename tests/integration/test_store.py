@@ -25,7 +25,7 @@ from producers.errors import (
 )
 from producers.migrate import migrate
 from producers.service import DossierService
-from producers.tables import dossiers, metadata, outbox
+from producers.tables import dossiers, hotline_calls, metadata, node_heads, outbox
 from schemas.codec import decode
 from schemas.enums import DossierStatus, Timeliness
 from schemas.events import GENESIS_HASH, LOCAL_TZ
@@ -63,10 +63,11 @@ def outbox_events(engine: Engine) -> list[Any]:
         return [decode(bytes(r.body)) for r in rows]
 
 
-def snapshot(engine: Engine) -> tuple[int, int]:
+def snapshot(engine: Engine) -> tuple[Any, ...]:
+    """Everything a refused call could have touched: outbox, heads, dossier rows, calls."""
     with engine.connect() as conn:
-        return (conn.execute(select(func.count()).select_from(outbox)).scalar_one(),
-                conn.execute(select(func.count()).select_from(dossiers)).scalar_one())
+        return tuple(tuple(tuple(r) for r in conn.execute(select(t).order_by(*t.primary_key)))
+                     for t in (outbox, node_heads, dossiers, hotline_calls))
 
 
 def test_migrations_match_the_tables(service: DossierService) -> None:
@@ -128,6 +129,12 @@ def test_illegal_moves_raise_and_write_nothing(service: DossierService) -> None:
         receive(service, dossier_id=d)
     with pytest.raises(InvalidRequest, match="hotline calls are taken at the provincial"):
         service.call_received("11977", "land")
+    with pytest.raises(InvalidRequest, match=r"is not after dossier .* last event"):
+        service.accept("11977", d, at=T0 - timedelta(minutes=1))
+    with pytest.raises(InvalidRequest, match="unknown move 'teleport'"):
+        service.move("11977", d, "teleport")
+    with pytest.raises(InvalidRequest, match="at: expected a datetime, got str"):
+        service.accept("11977", d, at="tomorrow")  # type: ignore[arg-type]
     assert snapshot(service.engine) == before
 
 
@@ -152,8 +159,56 @@ def test_batch_keeps_good_calls_and_drops_refused_ones(service: DossierService) 
     assert [e.origin_seq for e in outbox_events(service.engine)] == [1, 2]
 
 
+def test_batch_commits_every_n_calls_and_an_error_rolls_back_the_rest(
+        service: DossierService) -> None:
+    with pytest.raises(RuntimeError, match="desk crashed"), service.batch(commit_every=2):
+        for i in range(5):
+            receive(service, dossier_id=f"B-{i}")
+        raise RuntimeError("desk crashed")
+    with service.engine.connect() as conn:
+        kept = [r.dossier_id for r in conn.execute(select(dossiers.c.dossier_id)
+                                                   .order_by(dossiers.c.dossier_id))]
+        seqs = [r.origin_seq for r in conn.execute(select(outbox.c.origin_seq))]
+    assert kept == ["B-0", "B-1", "B-2", "B-3"]  # committed in pairs; B-4 rolled back
+    assert sorted(seqs) == [1, 2, 3, 4]
+
+
+def test_one_id_received_at_two_nodes_at_once(service: DossierService) -> None:
+    """The loser gets DossierExists, never a raw database error; one dossier, one event."""
+    errors: list[BaseException] = []
+
+    def desk(node: str) -> None:
+        for i in range(20):
+            try:
+                receive(service, node=node, dossier_id=f"SAME-{i}")
+            except DossierExists:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - asserted empty below
+                errors.append(exc)
+
+    pool = [threading.Thread(target=desk, args=(n,)) for n in ("11977", "12337")]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors, errors
+    with service.engine.connect() as conn:
+        received = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
+        rows = conn.execute(select(func.count()).select_from(dossiers)).scalar_one()
+    assert received == rows == 20
+
+
 def test_hotline_calls(service: DossierService) -> None:
     call = service.call_received("site-thaibinh", "land", at=T0)
+    before = snapshot(service.engine)
+    with pytest.raises(InvalidRequest, match="only that site closes it"):
+        service.call_closed("site-phohien", call, "land", resolved=True, at=T0)
+    with pytest.raises(InvalidRequest, match="only that site closes it"):
+        service.call_closed("11977", call, "land", resolved=True, at=T0)
+    with pytest.raises(InvalidRequest, match=r"is before call .* was received"):
+        service.call_closed("site-thaibinh", call, "land", resolved=True,
+                            at=T0 - timedelta(hours=1))
+    assert snapshot(service.engine) == before
     service.call_closed("site-thaibinh", call, "complaint", resolved=True, at=T0)
     with pytest.raises(DossierTransitionError, match="already closed"):
         service.call_closed("site-thaibinh", call, "complaint", resolved=True)

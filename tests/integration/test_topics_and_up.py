@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kafka.admin import KafkaAdminClient
+from sqlalchemy import select, update
 
 from infra.broker import free_port, kafka_answers
+from infra.up import republish_all
+from producers import store
+from producers.migrate import open_store
+from producers.tables import outbox
 from schemas.codec import decode
 from schemas.integrity import verify
 from schemas.keys import load_registry
 from schemas.topics import DOSSIER_EVENTS, REGISTRY, topic_specs
 from tests.conftest import Broker
+from tests.factories import Chain
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.integration.test_relay import read_all
 
@@ -103,3 +112,37 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "SIGINT received; stopping" in rest and rest.rstrip().endswith("stopped")
     assert "Traceback" not in rest
     assert not kafka_answers("127.0.0.1", port), "the broker outlived motcua up"
+
+
+def test_motcua_up_stops_with_an_error_when_its_broker_dies(tmp_path: Path) -> None:
+    proc = subprocess.Popen([*MOTCUA, "up", "--port", str(free_port()), "--no-simulate"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=cli_env(MOTCUA_DATA_DIR=str(tmp_path / "var")))
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        pid = int(re.search(r"pid (\d+)", first).group(1))  # type: ignore[union-attr]
+        for line in proc.stdout:
+            if "motcua is up" in line:
+                break
+        os.kill(pid, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "error: the embedded broker exited" in rest
+
+
+def test_republish_all_marks_every_stored_event_unpublished(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path / 'nodes.db'}")
+    chain = Chain("11977")
+    with engine.begin() as conn:
+        for _ in range(3):
+            store.append(conn, chain.emit("dossier.resolved"), "dossier-events")
+        conn.execute(update(outbox).values(published_at=datetime.now(UTC), kafka_partition=0,
+                                           kafka_offset=1))
+    assert republish_all(engine) == 3
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.published_at, outbox.c.kafka_offset)).all()
+    assert rows == [(None, None)] * 3
+    assert republish_all(engine) == 0
