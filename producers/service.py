@@ -108,7 +108,9 @@ class DossierService:
         SAVEPOINT, and a refused call leaves the others in place. An exception out of the
         block rolls back the calls since the last commit. PostgreSQL slows down sharply
         once a transaction holds more than 64 subtransactions (its per-backend subxid
-        cache overflows), hence its small default."""
+        cache overflows), hence its small default. A batch holds the head rows of every
+        node it wrote to until it commits: it is meant for one writer (the simulator);
+        two batches over the same nodes in different orders can deadlock on PostgreSQL."""
         if getattr(self._local, "batch", None) is not None:
             raise RuntimeError("batches do not nest")
         limit = commit_every or (50 if self.engine.dialect.name == "postgresql" else 1000)

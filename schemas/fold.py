@@ -97,8 +97,15 @@ class DossierState:
 def fold(events: Iterable[AnyEvent], dossier_id: str | None = None) -> DossierState | None:
     """The state of one dossier from any collection of its events (order and duplicates do
     not matter). ``None`` if there are no events."""
-    unique = {e.event_id: e for e in events}
-    ordered = sorted(unique.values(), key=event_key)
+    # Two different events under one event_id (a forgery or a fork) would otherwise make
+    # the result depend on arrival order: keep the one with the smaller hash, and break
+    # key ties by hash too.
+    unique: dict[str, AnyEvent] = {}
+    for e in events:
+        kept = unique.get(e.event_id)
+        if kept is None or e.hash < kept.hash:
+            unique[e.event_id] = e
+    ordered = sorted(unique.values(), key=lambda e: (*event_key(e), e.hash))
     if not ordered:
         return None
     state = DossierState(dossier_id or ordered[0].dossier_id)
@@ -110,10 +117,12 @@ def fold(events: Iterable[AnyEvent], dossier_id: str | None = None) -> DossierSt
 def apply(state: DossierState, event: AnyEvent) -> DossierState:
     """Apply one event that sorts after every event already in ``state``. Callers with an
     event that sorts earlier (a late arrival) must re-fold the whole set instead."""
-    if state.last_key is not None and event_key(event) <= state.last_key:
+    if state.last_key is not None and event_key(event) < state.last_key:
         raise ValueError(f"event {event.event_id} sorts before the dossier's last event; "
                          "re-fold the whole set")
     notes: list[str] = []
+    if state.last_key is not None and event_key(event) == state.last_key:
+        notes.append(f"two events claim {event.origin} seq {event.origin_seq} (a fork)")
     if not isinstance(event, DossierReceived) and state.received_at is None:
         notes.append(f"{event.type} at {event.occurred_at.isoformat()} before dossier.received")
     if state.status in FINAL and not isinstance(event, DossierReceived):

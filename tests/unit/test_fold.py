@@ -72,3 +72,12 @@ def test_out_of_order_history_folds_and_is_flagged() -> None:
     assert state.status is DossierStatus.RESULT_READY
     assert any("before dossier.received" in a for a in state.anomalies)
     assert any("status_changed from 4 but status was" in a for a in state.anomalies)
+
+
+def test_two_events_under_one_id_fold_the_same_in_any_order() -> None:
+    """A forged twin of an event (same event_id, other content) must not make the state
+    depend on which copy arrived last."""
+    events = lifecycle_events()
+    twin = events[6].model_copy(update={"event_id": events[3].event_id, "hash": "0" * 64})
+    assert fold([*events, twin]) == fold([twin, *events])
+    assert fold([*events[:3], events[3], twin]) == fold([*events[:3], twin, events[3]])
