@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -138,10 +138,19 @@ class Relay:
                                        key=row.dossier_id.encode()))
                    for row in rows]
         self._record()  # database work overlaps the producer's network I/O
-        producer.flush()
+        try:
+            # bounded: kafka-python 3.0 can leave a future pending forever after the broker
+            # was paused mid-request (seen here: flush() never returned)
+            producer.flush(timeout=self.round_budget.total_seconds())
+        except KafkaTimeoutError:
+            pass  # the futures still pending count as failed sends below
         now = datetime.now(UTC)
         acked, error = 0, None
         for row, future in futures:
+            if not future.is_done:
+                error = KafkaTimeoutError(f"no acknowledgement within the round "
+                                          f"({self.round_budget.total_seconds():.0f} s)")
+                continue
             try:
                 meta = future.get(timeout=0)
             except KafkaError as exc:
