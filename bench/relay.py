@@ -27,6 +27,7 @@ from schemas.events import LOCAL_TZ
 from schemas.topics import topic_specs
 
 T0 = datetime(2025, 7, 1, 8, 0, tzinfo=LOCAL_TZ)
+BATCH = 2000  # the relay's default round
 
 
 def fill(store_url: str, n: int) -> None:
@@ -62,7 +63,7 @@ def main(n: int = 50_000) -> None:
         direct = len(rows) / (time.perf_counter() - started)
         producer.close()
 
-        relay = Relay(engine, config, topic_prefix="relay.")
+        relay = Relay(engine, config, topic_prefix="relay.", batch_size=BATCH)
         started = time.perf_counter()
         while relay.publish_once():
             pass

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from nacl.signing import SigningKey
@@ -26,19 +26,19 @@ from producers.migrate import migrate
 from producers.service import DossierService
 from schemas.events import LOCAL_TZ
 
-T0 = datetime(2025, 7, 1, 8, 0, tzinfo=LOCAL_TZ)
+DUE = datetime.now(LOCAL_TZ).date() + timedelta(days=3)
 NODES = node_ids()[:8]
 
 
 def one_dossier(service: DossierService, node: str) -> int:
-    """receive + accept + start + resolve + return: 5 operations."""
+    """receive + accept + start + resolve + return: 5 operations, on the clock (as a desk)."""
     d = service.receive(node, channel="online", full_online=False, procedure_code="1.001193",
-                        field="civil_status", due_date=date(2025, 7, 3),
-                        components_digitised=True, at=T0).dossier_id
-    service.accept(node, d, at=T0)
-    service.start_processing(node, d, at=T0)
-    service.resolve(node, d, result_digitised=True, at=T0)
-    service.return_result(node, d, delivery="in_person", at=T0)
+                        field="civil_status", due_date=DUE, components_digitised=True
+                        ).dossier_id
+    service.accept(node, d)
+    service.start_processing(node, d)
+    service.resolve(node, d, result_digitised=True)
+    service.return_result(node, d, delivery="in_person")
     return 5
 
 
@@ -48,7 +48,15 @@ def run(engine: Engine, threads: int, dossiers: int, batched: bool = False) -> f
     per_thread = dossiers // threads
     done = [0] * threads
 
+    failures: list[BaseException] = []
+
     def work(i: int) -> None:
+        try:
+            _work(i)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            failures.append(exc)
+
+    def _work(i: int) -> None:
         node = NODES[i % len(NODES)] if threads > 1 else NODES[0]
         if batched:
             with service.batch():
@@ -65,6 +73,8 @@ def run(engine: Engine, threads: int, dossiers: int, batched: bool = False) -> f
         t.start()
     for t in pool:
         t.join()
+    if failures:
+        raise failures[0]
     return sum(done) / (time.perf_counter() - started)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
-from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from producers import store
@@ -45,6 +45,26 @@ _MARK = (update(outbox)
                 outbox.c.published_at.is_(None))
          .values(published_at=bindparam("at"), kafka_partition=bindparam("p"),
                  kafka_offset=bindparam("off")))
+
+
+def _mark(conn: Connection, marks: list[dict[str, Any]]) -> None:
+    """The marking UPDATE as one driver-level executemany: through SQLAlchemy's parameter
+    processing it cost a third of the relay's database time (profiled)."""
+    if conn.dialect.name == "sqlite":
+        # stored as SQLAlchemy's SQLite DateTime stores it: naive UTC, microseconds
+        at = marks[0]["at"].astimezone(UTC).replace(tzinfo=None).isoformat(
+            sep=" ", timespec="microseconds")
+        sql = _MARK_SQL.replace("%s", "?")
+    elif conn.dialect.driver == "psycopg":
+        at, sql = marks[0]["at"], _MARK_SQL
+    else:  # any other driver: the portable path
+        conn.execute(_MARK, marks)
+        return
+    conn.exec_driver_sql(sql, [(at, m["p"], m["off"], m["o"], m["s"]) for m in marks])
+
+
+_MARK_SQL = ("UPDATE outbox SET published_at = %s, kafka_partition = %s, kafka_offset = %s "
+             "WHERE origin = %s AND origin_seq = %s AND published_at IS NULL")
 
 
 def producer_config(kafka_config: dict[str, Any], round_seconds: float = 20.0
@@ -185,7 +205,7 @@ class Relay:
             return 0
         marks, self._acked = self._acked, []
         with self.engine.begin() as conn:
-            conn.execute(_MARK, marks)
+            _mark(conn, marks)
         self._acked_keys.clear()
         return len(marks)
 

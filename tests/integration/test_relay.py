@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from infra.broker import EmbeddedBroker, free_port
 from infra.db import make_engine
 from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
-from producers.migrate import open_store
+from producers.migrate import migrate, open_store
 from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
@@ -256,6 +256,7 @@ def test_a_dead_relays_nodes_are_taken_over_only_after_its_lease(
     records = read_all(kafka_config, topics_of(prefix), sum(expected.values()))
     duplicates = assert_complete_and_ordered(records, expected)
     assert duplicates <= 100  # a's last round: acknowledged, never recorded
+    a._drop_producer()  # what the dead process's exit would have done
 
 
 def test_a_relay_survives_a_store_that_is_down() -> None:
@@ -308,3 +309,23 @@ def test_relay_backs_off_until_the_broker_appears(
         stop.set()
         thread.join(30)
     assert relay.stats.last_error is not None
+
+
+def test_relay_marks_rows_on_both_stores(db_engine: Engine, keys_dir: Path,
+                                         kafka_config: dict[str, Any], prefix: str) -> None:
+    """Marking bypasses SQLAlchemy's parameter handling: the stored time must still read
+    back as an aware UTC datetime, on SQLite and on PostgreSQL."""
+    migrate(db_engine)
+    simulate(db_engine, keys_dir, scale=0.005)
+    before = datetime.now(UTC)
+    relay = Relay(db_engine, kafka_config, topic_prefix=prefix)
+    while relay.publish_once():
+        pass
+    relay.close()
+    with db_engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.published_at, outbox.c.kafka_partition,
+                                   outbox.c.kafka_offset)).all()
+    assert rows and all(p is not None and o is not None for _, p, o in rows)
+    for at, _, _ in rows:
+        assert at.tzinfo is not None
+        assert before - timedelta(seconds=1) <= at <= datetime.now(UTC)
