@@ -184,7 +184,8 @@ def _simulate(sim: Simulator, say: Say) -> None:
     except MotcuaError as exc:
         say(f"simulator: {exc}")
         return
-    say(f"simulator: done, {summary.events_written:,} events written "
+    how = "stopped" if sim.stop.is_set() else "done"
+    say(f"simulator: {how}, {summary.events_written:,} events written "
         f"({sum(summary.received_by_node.values()):,} dossiers received)")
 
 
