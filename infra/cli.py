@@ -40,12 +40,8 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _bootstrap(settings: Settings) -> str:
-    return settings.kafka_bootstrap or f"127.0.0.1:{settings.broker_port}"
-
-
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    bootstrap = _bootstrap(settings)
+    bootstrap = settings.bootstrap
     if args.action == "create":
         provision(settings, bootstrap, say)
         return 0

@@ -11,25 +11,21 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from infra.nodes import get_node, node_ids
 from infra.settings import Settings
 from infra.up import StopSignals, provision
+from producers import store
 from producers.migrate import open_store
 from producers.plan import plan
 from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
-from producers.tables import outbox
 from schemas.errors import MotcuaError
 from schemas.keys import REGISTRY_FILE, Keyring, init_keystore
 
 Say = Callable[[str], None]
-
-
-def bootstrap_of(settings: Settings) -> str:
-    return settings.kafka_bootstrap or f"127.0.0.1:{settings.broker_port}"
 
 
 def keyring(settings: Settings, say: Say) -> Keyring:
@@ -37,12 +33,6 @@ def keyring(settings: Settings, say: Say) -> Keyring:
         created, _ = init_keystore(settings.keys_path, node_ids())
         say(f"keys: {created} node key pairs created in {settings.keys_path}")
     return Keyring(settings.keys_path)
-
-
-def unpublished(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(outbox)
-                                .where(outbox.c.published_at.is_(None))).scalar_one())
 
 
 def start_relay(settings: Settings, engine: Engine, bootstrap: str,
@@ -59,10 +49,10 @@ def start_relay(settings: Settings, engine: Engine, bootstrap: str,
 def drain(engine: Engine, timeout: float) -> int:
     """Wait until the outbox is empty or ``timeout`` passes; returns what is left."""
     deadline = time.monotonic() + timeout
-    left = unpublished(engine)
+    left = store.count_unpublished(engine)
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
-        left = unpublished(engine)
+        left = store.count_unpublished(engine)
     return left
 
 
@@ -97,7 +87,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     service = DossierService(engine, keyring(settings, note))
     relay = None
     if not args.no_relay:
-        bootstrap = bootstrap_of(settings)
+        bootstrap = settings.bootstrap
         provision(settings, bootstrap, lambda _line: None)
         relay, stop_relay, thread = start_relay(settings, engine, bootstrap)
     stop = threading.Event()
@@ -149,7 +139,7 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     if args.holder:
         extra["holder"] = args.holder
     with StopSignals() as signals:
-        relay, stop, thread = start_relay(settings, engine, bootstrap_of(settings), nodes,
+        relay, stop, thread = start_relay(settings, engine, settings.bootstrap, nodes,
                                           **extra)
         say(f"relay {relay.holder}: publishing "
             f"{'every node' if nodes is None else ', '.join(nodes)} from "

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     test_pg_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
     @property
+    def bootstrap(self) -> str:
+        """Where commands find Kafka: the configured cluster, else the embedded broker's
+        default address (``motcua up`` / ``motcua broker`` on ``broker_port``)."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
     def store_url(self) -> str:
         """The node store: ``MOTCUA_DB_URL``, else one SQLite file for every node here."""
         return self.db_url or f"sqlite:///{self.data_dir / 'nodes.db'}"

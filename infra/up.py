@@ -23,17 +23,17 @@ from datetime import date
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine
 
 from infra.broker import EmbeddedBroker
 from infra.nodes import node_ids
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
+from producers import store
 from producers.migrate import open_store
 from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
-from producers.tables import outbox
 from schemas.errors import MotcuaError
 from schemas.keys import Keyring, init_keystore
 from schemas.topics import topic_specs
@@ -126,7 +126,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         engine = open_store(settings.store_url)
         stack.callback(engine.dispose)
         if not settings.kafka_bootstrap:
-            again = republish_all(engine)
+            again = store.republish_all(engine)
             if again:
                 say(f"store: {again:,} stored events will be published again to the fresh "
                     "in-memory broker")
@@ -163,14 +163,6 @@ def _broker_gone(broker: EmbeddedBroker | None) -> str | None:
             "`motcua up` again rebuilds it from the node stores")
 
 
-def republish_all(engine: Engine) -> int:
-    with engine.begin() as conn:
-        result = conn.execute(update(outbox).where(outbox.c.published_at.is_not(None))
-                              .values(published_at=None, kafka_partition=None,
-                                      kafka_offset=None))
-        return int(result.rowcount or 0)
-
-
 def _thread(stack: ExitStack, target: Callable[[threading.Event], None],
             stop: threading.Event, name: str) -> None:
     thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
@@ -190,9 +182,7 @@ def _simulate(sim: Simulator, say: Say) -> None:
 
 
 def _progress(sim: Simulator | None, relay: Relay, engine: Engine) -> str:
-    with engine.connect() as conn:
-        waiting = conn.execute(select(func.count()).select_from(outbox)
-                               .where(outbox.c.published_at.is_(None))).scalar_one()
+    waiting = store.count_unpublished(engine)
     parts = []
     if sim is not None and sim.sim_time is not None:
         parts.append(f"sim time {sim.sim_time:%Y-%m-%d %H:%M}, "

@@ -12,7 +12,17 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from producers.tables import dossiers, node_heads, outbox
@@ -65,6 +75,23 @@ def append(conn: Connection, event: AnyEvent, topic: str) -> None:
         "hash": event.hash, "topic": topic, "body": encode(event)})
     conn.execute(_MOVE_HEAD, {"origin": event.origin, "origin_seq": event.origin_seq,
                               "hash": event.hash})
+
+
+def count_unpublished(engine: Engine) -> int:
+    """Events in the outbox that no relay has recorded as published yet."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(outbox)
+                                .where(outbox.c.published_at.is_(None))).scalar_one())
+
+
+def republish_all(engine: Engine) -> int:
+    """Mark every published event unpublished again (the log they went to is gone: a fresh
+    in-memory broker); returns how many."""
+    with engine.begin() as conn:
+        result = conn.execute(update(outbox).where(outbox.c.published_at.is_not(None))
+                              .values(published_at=None, kafka_partition=None,
+                                      kafka_offset=None))
+        return int(result.rowcount or 0)
 
 
 def events_of(conn: Connection, dossier_id: str) -> list[AnyEvent]:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from infra.broker import EmbeddedBroker, free_port
 from infra.db import make_engine
@@ -29,6 +29,7 @@ from producers.migrate import migrate, open_store
 from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
+from producers.store import count_unpublished
 from producers.tables import node_heads, outbox
 from schemas.codec import decode
 from schemas.keys import Keyring, init_keystore
@@ -76,10 +77,6 @@ def heads(engine: Engine) -> dict[str, int]:
         return {r.node_id: r.last_seq for r in conn.execute(select(node_heads))}
 
 
-def unpublished(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(outbox)
-                                .where(outbox.c.published_at.is_(None))).scalar_one())
 
 
 def read_all(config: dict[str, Any], topics: list[str], want: int,
@@ -155,7 +152,7 @@ def test_relay_publishes_everything_in_order_with_send_time_stamps(
     while relay.publish_once():
         pass
     relay.close()
-    assert unpublished(store) == 0
+    assert count_unpublished(store) == 0
     records = read_all(kafka_config, topics_of(prefix), sum(expected.values()))
     assert assert_complete_and_ordered(records, expected) == 0
     # the record timestamp is the send time, not the event time (July 2025)
@@ -191,7 +188,7 @@ def test_broker_paused_20s_mid_day_loses_nothing(
         finally:
             broker.resume()
         wait_until(lambda: not runner.is_alive(), 120, "the simulated day to end")
-        wait_until(lambda: unpublished(store) == 0, 120, "the outbox to drain")
+        wait_until(lambda: count_unpublished(store) == 0, 120, "the outbox to drain")
         stop.set()
         thread.join(30)
         expected = heads(store)
@@ -217,16 +214,16 @@ def test_relay_killed_with_minus_9_resumes_without_gaps(
 
     first = start("first")
     try:
-        wait_until(lambda: 0 < total - unpublished(store), 60, "the first relay to publish")
+        wait_until(lambda: 0 < total - count_unpublished(store), 60, "the first relay to publish")
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
     finally:
         first.kill()
-    left = unpublished(store)
+    left = count_unpublished(store)
     assert 0 < left < total, "kill -9 came too late to test a resume"
     second = start("second")
     try:
-        wait_until(lambda: unpublished(store) == 0, 90, "the second relay to drain")
+        wait_until(lambda: count_unpublished(store) == 0, 90, "the second relay to drain")
     finally:
         second.send_signal(signal.SIGTERM)
         _, err = second.communicate(timeout=30)
@@ -252,7 +249,7 @@ def test_a_dead_relays_nodes_are_taken_over_only_after_its_lease(
               lease_seconds=9)
     assert b.publish_once() == 0, "b published while a's lease was running"
     stop, thread = run_relay(b)
-    wait_until(lambda: unpublished(store) == 0, 60, "b to drain the outbox")
+    wait_until(lambda: count_unpublished(store) == 0, 60, "b to drain the outbox")
     stop.set()
     thread.join(30)
     assert time.monotonic() - died >= 2.9
@@ -284,7 +281,7 @@ def test_two_relays_never_publish_the_same_node_together(
     relays = [Relay(store, kafka_config, topic_prefix=prefix, holder=name, batch_size=100)
               for name in ("a", "b")]
     running = [run_relay(r) for r in relays]
-    wait_until(lambda: unpublished(store) == 0, 60, "the outbox to drain")
+    wait_until(lambda: count_unpublished(store) == 0, 60, "the outbox to drain")
     for stop, thread in running:
         stop.set()
         thread.join(30)
@@ -302,12 +299,12 @@ def test_relay_backs_off_until_the_broker_appears(
     stop, thread = run_relay(relay)
     try:
         wait_until(lambda: relay.stats.failures >= 2, 60, "the relay to fail and retry")
-        assert unpublished(store) > 0
+        assert count_unpublished(store) > 0
         with EmbeddedBroker(port, log_path=tmp_path / "tansu.log"):
             admin = admin_client(config)
             ensure_topics(admin, topic_specs())
             admin.close()
-            wait_until(lambda: unpublished(store) == 0, 60, "the outbox to drain")
+            wait_until(lambda: count_unpublished(store) == 0, 60, "the outbox to drain")
     finally:
         stop.set()
         thread.join(30)

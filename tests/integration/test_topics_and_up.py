@@ -16,7 +16,6 @@ from kafka.admin import KafkaAdminClient
 from sqlalchemy import select, update
 
 from infra.broker import free_port, kafka_answers
-from infra.up import republish_all
 from producers import store
 from producers.migrate import open_store
 from producers.tables import outbox
@@ -141,8 +140,8 @@ def test_republish_all_marks_every_stored_event_unpublished(tmp_path: Path) -> N
             store.append(conn, chain.emit("dossier.resolved"), "dossier-events")
         conn.execute(update(outbox).values(published_at=datetime.now(UTC), kafka_partition=0,
                                            kafka_offset=1))
-    assert republish_all(engine) == 3
+    assert store.republish_all(engine) == 3
     with engine.connect() as conn:
         rows = conn.execute(select(outbox.c.published_at, outbox.c.kafka_offset)).all()
     assert rows == [(None, None)] * 3
-    assert republish_all(engine) == 0
+    assert store.republish_all(engine) == 0
