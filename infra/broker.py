@@ -122,7 +122,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 
 
 class EmbeddedBroker:
-    """A tansu child process on 127.0.0.1. Use as a context manager, or start()/stop()."""
+    """A tansu child process on 127.0.0.1. Use as a context manager, or start()/stop().
+    On Linux it ends when the *thread* that started it exits (the parent-death signal is
+    per thread): start it from a thread that lives as long as it should."""
 
     def __init__(self, port: int = 0, *, host: str = "127.0.0.1", binary: Path | None = None,
                  log_path: Path | None = None) -> None:

@@ -97,6 +97,7 @@ def test_two_brokers_racing_for_one_port() -> None:
     port = free_port()
     brokers = [EmbeddedBroker(port), EmbeddedBroker(port)]
     outcomes: list[str] = []
+    checked = threading.Event()
 
     def start(b: EmbeddedBroker) -> None:
         try:
@@ -104,16 +105,23 @@ def test_two_brokers_racing_for_one_port() -> None:
             outcomes.append("started")
         except BrokerError:
             outcomes.append("refused")
+        # tansu dies with the thread that started it (parent-death signal): stay alive
+        # until the check is done
+        checked.wait(30)
 
     threads = [threading.Thread(target=start, args=(b,)) for b in brokers]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
     try:
+        deadline = time.monotonic() + 30
+        while len(outcomes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert sorted(outcomes) == ["refused", "started"]
         assert [b.running() for b in brokers].count(True) == 1
     finally:
+        checked.set()
+        for t in threads:
+            t.join()
         for b in brokers:
             b.stop()
 
