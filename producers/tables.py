@@ -113,6 +113,7 @@ dossiers = Table(
     Column("last_origin", NODE),
     Column("last_origin_seq", BigInteger),
     Column("anomalies", Text, nullable=False),  # JSON list
+    Column("timeline", Text, nullable=False, server_default="[]"),  # JSON [[iso, status]]
 )
 Index("ix_dossiers_receiving_node", dossiers.c.receiving_node)
 

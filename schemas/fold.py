@@ -64,6 +64,9 @@ class DossierState:
     event_count: int = 0
     last_key: EventKey | None = None
     anomalies: tuple[str, ...] = ()
+    #: (event time, status) each time the status changed, and at every supplement request:
+    #: the stock counters (in progress, paused, overdue) are derived from these intervals.
+    timeline: tuple[tuple[datetime, DossierStatus], ...] = ()
 
     @property
     def received_date(self) -> date | None:
@@ -134,8 +137,12 @@ def apply(state: DossierState, event: AnyEvent) -> DossierState:
     else:
         new = rule(state, event, notes)
     anomalies = (*state.anomalies, *notes)[-MAX_ANOMALIES:] if notes else state.anomalies
+    timeline = state.timeline
+    if new.status is not None and (new.status != state.status
+                                   or isinstance(event, DossierSupplementRequested)):
+        timeline = (*timeline, (event.occurred_at, new.status))
     return replace(new, nodes=state.nodes | {event.origin}, event_count=state.event_count + 1,
-                   last_key=event_key(event), anomalies=anomalies)
+                   last_key=event_key(event), anomalies=anomalies, timeline=timeline)
 
 
 def _received(s: DossierState, e: DossierReceived, notes: list[str]) -> DossierState:

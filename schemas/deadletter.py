@@ -1,0 +1,57 @@
+"""The dead-letter record (DESIGN.md "Topics", G5): one per rejected message, self-contained.
+
+Key: the source topic's name (so one source's rejects stay in order). Value: JSON with the
+reason, where the message came from, who rejected it, and the original key and bytes
+(base64, since a rejected message need not be text). Shared by the stream worker and the
+sync consumers, and read back by ``motcua dead-letters``.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from schemas.errors import MotcuaError, SchemaError
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    source_topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    stage: str  # "streams", "sync:site-phohien", ...
+    field: str | None = None  # the envelope field at fault, when known
+
+    @classmethod
+    def of(cls, exc: MotcuaError, *, source_topic: str, partition: int, offset: int,
+           key: bytes | None, value: bytes | None, stage: str) -> DeadLetter:
+        field = exc.field if isinstance(exc, SchemaError) else None
+        return cls(str(exc), source_topic, partition, offset, key, value, stage, field)
+
+    def record(self, now: datetime | None = None) -> tuple[bytes, bytes]:
+        """(key, value) for the dead-letters topic."""
+        body: dict[str, Any] = {
+            "reason": self.reason, "field": self.field, "stage": self.stage,
+            "source": {"topic": self.source_topic, "partition": self.partition,
+                       "offset": self.offset},
+            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
+            "original_b64": (None if self.value is None
+                             else base64.b64encode(self.value).decode()),
+            "rejected_at": (now or datetime.now(UTC)).isoformat(),
+        }
+        return self.source_topic.encode(), orjson.dumps(body)
+
+
+def parse(value: bytes) -> dict[str, Any]:
+    """A dead-letter value as a dict, with ``original`` decoded back to bytes."""
+    body: dict[str, Any] = orjson.loads(value)
+    original = body.get("original_b64")
+    body["original"] = None if original is None else base64.b64decode(original)
+    return body

@@ -1,0 +1,396 @@
+"""The stream worker's engine, free of faust: a batch of source records in, counters out.
+
+``prepare()`` decodes, verifies and folds a batch in memory and says which records must be
+dead-lettered; the caller publishes those (and waits for the acknowledgement); ``commit()``
+then writes subjects, counter deltas, snapshot marks and the new source positions in ONE
+transaction. Exactness rests on that transaction, not on any changelog: after a crash the
+store holds the fold of exactly the records before its positions, and records below a
+position are skipped when they come again (docs/streams.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, bindparam, delete, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from schemas.codec import decode
+from schemas.counters import (
+    CallState,
+    Contribution,
+    CounterKey,
+    apply_call,
+    call_contribution,
+    diff,
+    dossier_contribution,
+    fold_call,
+)
+from schemas.deadletter import DeadLetter
+from schemas.errors import MotcuaError
+from schemas.events import AnyEvent
+from schemas.fold import DossierState, apply, event_key, fold
+from schemas.integrity import KeyRegistry, verify
+from streams import tables as t
+
+DOSSIERS = "dossier"
+CALLS = "call"
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _fold(kind: str, events: list[AnyEvent]) -> DossierState | CallState | None:
+    return fold(events) if kind == DOSSIERS else fold_call(events)
+
+
+def _contribution(state: DossierState | CallState | None) -> Contribution:
+    if isinstance(state, CallState):
+        return call_contribution(state)
+    return dossier_contribution(state)
+
+
+class PositionConflict(MotcuaError):
+    """Another worker moved a partition's stored position: this worker's view is stale."""
+
+
+class _Subject:
+    """A cached subject: its distinct events (wire bytes), their ids and its fold."""
+
+    __slots__ = ("contribution", "ids", "partition", "raws", "state")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.raws: list[bytes] = []
+        self.ids: set[tuple[str, str]] = set()  # (event_id, hash)
+        self.state: DossierState | CallState | None = None
+        self.contribution: Contribution = {}
+
+
+@dataclass
+class Batch:
+    """What ``prepare`` worked out; ``commit`` writes it."""
+    moves: dict[TP, tuple[int, int]] = field(default_factory=dict)  # tp -> (start, end)
+    dead: list[DeadLetter] = field(default_factory=list)
+    rewinds: dict[TP, int] = field(default_factory=dict)  # tp -> offset to seek back to
+    touched: dict[tuple[str, str], _Subject] = field(default_factory=dict)
+    deltas: dict[TP, dict[CounterKey, int]] = field(default_factory=dict)
+    applied: int = 0
+    duplicates: int = 0
+
+
+class Processor:
+    def __init__(self, engine: Engine, topics: Mapping[str, str], registry: KeyRegistry | None,
+                 *, worker: str, stage: str = "streams", cache_size: int = 100_000) -> None:
+        """``topics`` maps each source topic to the kind of subject it carries (DOSSIERS or
+        CALLS). ``registry`` None turns signature verification off (benchmarks only)."""
+        self.engine = engine
+        self.kinds = dict(topics)
+        self.registry = registry
+        self.verify = registry is not None
+        self.worker = worker
+        self.stage = stage
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], _Subject] = OrderedDict()
+        self._pos: dict[TP, int] = {}
+        t.metadata.create_all(engine)
+        self._insert = (postgresql.insert if engine.dialect.name == "postgresql"
+                        else sqlite.insert)
+
+    # --- positions -----------------------------------------------------------------------
+
+    def load_positions(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """The stored next offset of each partition (creating 0 rows for new ones)."""
+        tps = list(tps)
+        if not tps:
+            return {}
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(t.positions.c.topic, t.positions.c.partition,
+                                       t.positions.c.next_offset)
+                                .where(tuple_(t.positions.c.topic, t.positions.c.partition)
+                                       .in_(tps))).all()
+            found = {(r.topic, r.partition): int(r.next_offset) for r in rows}
+            missing = [tp for tp in tps if tp not in found]
+            if missing:
+                conn.execute(self._insert(t.positions).on_conflict_do_nothing(), [
+                    {"topic": tp[0], "partition": tp[1], "next_offset": 0, "dead_letters": 0,
+                     "worker": self.worker} for tp in missing])
+                found.update(dict.fromkeys(missing, 0))
+        self._pos.update(found)
+        return found
+
+    def forget(self, tps: Iterable[TP] | None = None) -> None:
+        """Drop what is cached about these partitions (all if None): after a revocation or a
+        failed commit, the store is the only truth."""
+        if tps is None:
+            self._pos.clear()
+            self._cache.clear()
+            return
+        gone = set(tps)
+        for tp in gone:
+            self._pos.pop(tp, None)
+        parts = {(self.kinds.get(topic), p) for topic, p in gone}
+        for key in [k for k, s in self._cache.items() if (k[0], s.partition) in parts]:
+            del self._cache[key]
+
+    # --- phase 1: in memory --------------------------------------------------------------
+
+    def prepare(self, records: Sequence[Record]) -> Batch:
+        batch = Batch()
+        new_tps = {(r.topic, r.partition) for r in records} - self._pos.keys()
+        self.load_positions(new_tps)
+        accepted: list[tuple[Record, AnyEvent]] = []
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            expected = self._pos[tp]
+            if rec.offset < expected:
+                batch.duplicates += 1  # redelivered below the stored position
+                continue
+            if rec.offset > expected or tp in batch.rewinds:
+                # Our consumer is ahead of the store (a lost store, or Kafka's committed
+                # offset beyond ours): go back rather than skip records.
+                batch.rewinds.setdefault(tp, expected)
+                continue
+            start = batch.moves[tp][0] if tp in batch.moves else expected
+            batch.moves[tp] = (start, rec.offset + 1)
+            self._pos[tp] = rec.offset + 1
+            event = self._check(rec, batch)
+            if event is not None:
+                accepted.append((rec, event))
+        self._load_subjects({(self.kinds[r.topic], e.dossier_id): r.partition
+                             for r, e in accepted})
+        before: dict[tuple[str, str], Contribution] = {}
+        for rec, event in accepted:
+            key = (self.kinds[rec.topic], event.dossier_id)
+            subject = self._cache[key]
+            if key not in before:
+                before[key] = subject.contribution
+            if self._add(key[0], subject, event, rec.value or b""):
+                batch.applied += 1
+                batch.touched[key] = subject
+            else:
+                batch.duplicates += 1
+        topic_of = {kind: topic for topic, kind in self.kinds.items()}
+        for key, subject in batch.touched.items():
+            new = _contribution(subject.state)
+            delta = diff(before[key], new)
+            subject.contribution = new
+            if delta:
+                into = batch.deltas.setdefault((topic_of[key[0]], subject.partition), {})
+                for ck, v in delta.items():
+                    into[ck] = into.get(ck, 0) + v
+        self._trim()
+        return batch
+
+    def _check(self, rec: Record, batch: Batch) -> AnyEvent | None:
+        """The event in a record, or None after adding a dead letter that says why not."""
+        kind = self.kinds[rec.topic]
+        try:
+            if rec.value is None:
+                raise MotcuaError("<record>: no value (a tombstone); an event was expected")
+            event = decode(rec.value)
+            if self.verify:
+                verify(event, self.registry)
+            is_call = event.type.startswith("hotline.")
+            if is_call != (kind == CALLS):
+                raise MotcuaError(f"type: {event.type!r} does not belong on {rec.topic}")
+            if rec.key != event.dossier_id.encode():
+                raise MotcuaError(
+                    f"<key>: record key {rec.key!r} is not the subject id "
+                    f"{event.dossier_id!r}; keyed so, its events would split across "
+                    "partitions")
+            return event
+        except MotcuaError as exc:
+            batch.dead.append(DeadLetter.of(exc, source_topic=rec.topic,
+                                            partition=rec.partition, offset=rec.offset,
+                                            key=rec.key, value=rec.value, stage=self.stage))
+            return None
+
+    def _load_subjects(self, wanted: Mapping[tuple[str, str], int]) -> None:
+        missing = [k for k in wanted if k not in self._cache]
+        topic_of = {kind: topic for topic, kind in self.kinds.items()}
+        stored: dict[tuple[str, str], bytes] = {}
+        for i in range(0, len(missing), 500):
+            chunk = [(topic_of[kind], sid) for kind, sid in missing[i:i + 500]]
+            with self.engine.connect() as conn:
+                for row in conn.execute(
+                        select(t.subjects.c.topic, t.subjects.c.subject_id, t.subjects.c.events)
+                        .where(tuple_(t.subjects.c.topic, t.subjects.c.subject_id).in_(chunk))):
+                    stored[(self.kinds[row.topic], row.subject_id)] = bytes(row.events)
+        for key in missing:
+            subject = _Subject(wanted[key])
+            blob = stored.get(key)
+            if blob:
+                subject.raws = blob.split(b"\n")
+                events = [decode(raw) for raw in subject.raws]  # verified when first taken
+                subject.ids = {(e.event_id, e.hash) for e in events}
+                subject.state = _fold(key[0], events)
+                subject.contribution = _contribution(subject.state)
+            self._cache[key] = subject
+        for key in wanted:
+            self._cache.move_to_end(key)
+
+    @staticmethod
+    def _add(kind: str, subject: _Subject, event: AnyEvent, raw: bytes) -> bool:
+        """Fold one event into a subject; False for an exact duplicate."""
+        ident = (event.event_id, event.hash)
+        if ident in subject.ids:
+            return False
+        known_id = any(i == event.event_id for i, _ in subject.ids) if subject.ids else False
+        subject.ids.add(ident)
+        subject.raws.append(raw)
+        state = subject.state
+        last = state.last_key if state is not None else None
+        if state is not None and last is not None and event_key(event) > last and not known_id:
+            subject.state = (apply(state, event) if isinstance(state, DossierState)
+                             else apply_call(state, event))
+        elif state is None:
+            subject.state = _fold(kind, [event])
+        else:  # sorts before the latest event, ties with it, or reuses an id: re-fold all
+            subject.state = _fold(kind, [decode(r) for r in subject.raws])
+        return True
+
+    def _trim(self) -> None:
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    # --- phase 2: one transaction --------------------------------------------------------
+
+    def commit(self, batch: Batch) -> dict[TP, set[tuple[str, str]]]:
+        """Write the batch; returns the (scope, period) keys whose snapshot changed, per
+        partition. Raises PositionConflict (writing nothing) if another worker moved one of
+        the partitions meanwhile."""
+        if not batch.moves:
+            return {}
+        version = time.time_ns()
+        topic_of = {kind: topic for topic, kind in self.kinds.items()}
+        dead_by_tp: dict[TP, int] = defaultdict(int)
+        for d in batch.dead:
+            dead_by_tp[(d.source_topic, d.partition)] += 1
+        changed: dict[TP, set[tuple[str, str]]] = {
+            tp: {(scope, period) for scope, period, _ in delta}
+            for tp, delta in batch.deltas.items()}
+        try:
+            with self.engine.begin() as conn:
+                for (topic, partition), (start, end) in batch.moves.items():
+                    res = conn.execute(
+                        update(t.positions)
+                        .where(t.positions.c.topic == topic,
+                               t.positions.c.partition == partition,
+                               t.positions.c.next_offset == start)
+                        .values(next_offset=end, worker=self.worker,
+                                dead_letters=t.positions.c.dead_letters
+                                + dead_by_tp.get((topic, partition), 0)))
+                    if res.rowcount != 1:
+                        raise PositionConflict(f"{topic}[{partition}] moved past {start} "
+                                               "by another worker")
+                if batch.touched:
+                    ins = self._insert(t.subjects)
+                    conn.execute(ins.on_conflict_do_update(
+                        index_elements=["topic", "subject_id"],
+                        set_={"events": ins.excluded.events}), [
+                        {"topic": topic_of[kind], "subject_id": sid, "partition": s.partition,
+                         "events": b"\n".join(s.raws)}
+                        for (kind, sid), s in batch.touched.items()])
+                rows = [{"topic": tp[0], "partition": tp[1], "scope": k[0], "period": k[1],
+                         "measure": k[2], "value": v}
+                        for tp, delta in batch.deltas.items() for k, v in delta.items() if v]
+                if rows:
+                    ins = self._insert(t.counters)
+                    conn.execute(ins.on_conflict_do_update(
+                        index_elements=["topic", "partition", "scope", "period", "measure"],
+                        set_={"value": t.counters.c.value + ins.excluded.value}), rows)
+                marks = [{"topic": tp[0], "partition": tp[1], "scope": s, "period": p,
+                          "version": version} for tp, keys in changed.items() for s, p in keys]
+                if marks:
+                    ins = self._insert(t.dirty)
+                    conn.execute(ins.on_conflict_do_update(
+                        index_elements=["topic", "partition", "scope", "period"],
+                        set_={"version": ins.excluded.version}), marks)
+        except BaseException:
+            self.forget()  # the cache ran ahead of the store: drop it
+            raise
+        return changed
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def snapshots(self, keys: Iterable[tuple[TP, str, str]]
+                  ) -> list[tuple[tuple[TP, str, str], dict[str, int], int, int]]:
+        """(key, measures, next source offset, mark version) for each (partition, scope,
+        period), read in one transaction so that values, offset and version agree."""
+        by_tp: dict[TP, list[tuple[str, str]]] = defaultdict(list)
+        for tp, scope, period in keys:
+            by_tp[tp].append((scope, period))
+        c, d = t.counters.c, t.dirty.c
+        out: list[tuple[tuple[TP, str, str], dict[str, int], int, int]] = []
+        with self.engine.connect() as conn:
+            for tp, pairs in by_tp.items():
+                offset = conn.execute(select(t.positions.c.next_offset).where(
+                    t.positions.c.topic == tp[0], t.positions.c.partition == tp[1])
+                ).scalar_one_or_none() or 0
+                values: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+                versions: dict[tuple[str, str], int] = {}
+                for i in range(0, len(pairs), 400):
+                    chunk = pairs[i:i + 400]
+                    for r in conn.execute(select(c.scope, c.period, c.measure, c.value).where(
+                            c.topic == tp[0], c.partition == tp[1],
+                            tuple_(c.scope, c.period).in_(chunk))):
+                        values[(r.scope, r.period)][r.measure] = int(r.value)
+                    for v in conn.execute(select(d.scope, d.period, d.version).where(
+                            d.topic == tp[0], d.partition == tp[1],
+                            tuple_(d.scope, d.period).in_(chunk))):
+                        versions[(v.scope, v.period)] = int(v.version)
+                out.extend(((tp, s, q), {m: v for m, v in values[(s, q)].items() if v},
+                            int(offset), versions.get((s, q), 0)) for s, q in pairs)
+        return out
+
+    def published_many(self, done: Sequence[tuple[TP, str, str, int]]) -> None:
+        """Clear snapshot marks, except those a later batch set again (another version)."""
+        if not done:
+            return
+        d = t.dirty.c
+        stmt = delete(t.dirty).where(d.topic == bindparam("t"), d.partition == bindparam("p"),
+                                     d.scope == bindparam("s"), d.period == bindparam("q"),
+                                     d.version == bindparam("v"))
+        with self.engine.begin() as conn:
+            conn.execute(stmt, [{"t": tp[0], "p": tp[1], "s": s, "q": q, "v": v}
+                                for tp, s, q, v in done])
+
+    def pending(self, tps: Iterable[TP]) -> list[tuple[TP, str, str]]:
+        """Snapshot marks left by an earlier run (a crash between commit and publish)."""
+        tps = list(tps)
+        if not tps:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.dirty.c.topic, t.dirty.c.partition, t.dirty.c.scope,
+                                       t.dirty.c.period)
+                                .where(tuple_(t.dirty.c.topic, t.dirty.c.partition).in_(tps)))
+            return [((r.topic, r.partition), r.scope, r.period) for r in rows]
+
+    def counters(self, topic: str | None = None) -> dict[CounterKey, int]:
+        """Every counter summed over partitions (tests and `motcua streams status`)."""
+        totals: dict[CounterKey, int] = defaultdict(int)
+        query = select(t.counters.c.scope, t.counters.c.period, t.counters.c.measure,
+                       t.counters.c.value)
+        if topic is not None:
+            query = query.where(t.counters.c.topic == topic)
+        with self.engine.connect() as conn:
+            for r in conn.execute(query):
+                totals[(r.scope, r.period, r.measure)] += int(r.value)
+        return {k: v for k, v in totals.items() if v}
+
+    def positions(self) -> dict[TP, tuple[int, int]]:
+        """Stored (next offset, dead letters) of every partition."""
+        with self.engine.connect() as conn:
+            return {(r.topic, r.partition): (int(r.next_offset), int(r.dead_letters))
+                    for r in conn.execute(select(t.positions))}

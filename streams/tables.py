@@ -1,0 +1,68 @@
+"""The stream worker's state store: folded subjects, counters and source positions, written
+together in one transaction per batch, so the counters are exactly the fold of the events up
+to the stored positions whatever happens to the process (docs/streams.md, "Why a store").
+
+SQLite (``var/streams.db``) in the embedded default; PostgreSQL in production, where several
+workers share it and any of them can take over a partition without rebuilding it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+
+TOPIC = String(200)
+
+#: Next source offset to apply, per partition. A batch commits only if the row still holds
+#: the offset it started from: a stale worker (after a rebalance) cannot write twice.
+positions = Table(
+    "stream_positions", metadata,
+    Column("topic", TOPIC, primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("dead_letters", BigInteger, nullable=False),
+    Column("worker", String(120), nullable=False),
+)
+
+#: Every distinct event of a subject (dossier or call), canonical bytes joined by newlines
+#: (canonical JSON never holds a raw newline): enough to re-fold it when a late event sorts
+#: before the others, and to rebuild its state after a restart.
+subjects = Table(
+    "stream_subjects", metadata,
+    Column("topic", TOPIC, primary_key=True),
+    Column("subject_id", String(64), primary_key=True),
+    Column("partition", Integer, nullable=False),
+    Column("events", LargeBinary, nullable=False),
+)
+
+#: The counters, one partial per source partition (partitions hold disjoint subjects, so the
+#: figure is the sum of the partials; see streams/reader.py).
+counters = Table(
+    "stream_counters", metadata,
+    Column("topic", TOPIC, primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("scope", String(60), primary_key=True),
+    Column("period", String(10), primary_key=True),
+    Column("measure", String(40), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+#: Snapshots still to publish. Written with the counters they announce, deleted once the
+#: snapshot is acknowledged (only if no later batch touched the key meanwhile: ``version``).
+dirty = Table(
+    "stream_dirty", metadata,
+    Column("topic", TOPIC, primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("scope", String(60), primary_key=True),
+    Column("period", String(10), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)

@@ -1,0 +1,244 @@
+"""The faust-streaming app: ``motcua streams``.
+
+faust gives us the consumer group (partition assignment, rebalances, heartbeats), the agents
+and the timers. The state is NOT in faust tables: their changelog recovery stops early on the
+embedded broker (DESIGN.md "Known facts"), so exactness cannot rest on it. Each batch is
+folded by ``streams.processor`` and committed to the worker store together with the source
+positions; faust's committed offsets are only where the consumer starts looking. Agent
+concurrency is 1 and batches come from ``stream.take_events()`` (faust's per-event path is
+slow, and concurrency > 1 can commit past in-flight messages: faust #606).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from faust.types import TP as FaustTP
+
+from infra.broker import free_port
+from infra.db import make_engine
+from infra.settings import Settings
+from schemas.keys import load_registry
+from schemas.topics import COUNTERS, DEAD_LETTERS, DOSSIER_EVENTS, HOTLINE_EVENTS
+from streams.processor import CALLS, DOSSIERS, TP, PositionConflict, Processor, Record
+
+log = logging.getLogger("motcua.streams")
+
+SnapshotKey = tuple[TP, str, str]  # (source partition, scope, period)
+MAX_ROUND = 2000  # snapshots per publishing round
+
+
+def snapshot_key(prefix: str, tp: TP, scope: str, period: str) -> str:
+    """The ``counters`` record key: one partial per source partition (see streams/reader)."""
+    topic = tp[0].removeprefix(prefix)
+    return f"{scope}|{period}|{topic}:{tp[1]}"
+
+
+class StreamWorker:
+    def __init__(self, settings: Settings, *, worker_id: str | None = None,
+                 verify: bool = True) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        prefix = self.prefix = settings.topic_prefix
+        self.source = {prefix + DOSSIER_EVENTS: DOSSIERS, prefix + HOTLINE_EVENTS: CALLS}
+        registry = load_registry(settings.keys_path) if verify else None
+        self.processor = Processor(make_engine(settings.streams_store_url), self.source,
+                                   registry, worker=self.worker_id,
+                                   cache_size=settings.streams_cache)
+        self.batch_size = settings.streams_batch
+        self.interval = settings.snapshot_interval_ms / 1000
+        self.app = self._make_app()
+        self._topics = {name: self.app.topic(name, key_type=bytes, value_type=bytes,
+                                             key_serializer="raw", value_serializer="raw",
+                                             internal=False)
+                        for name in self.source}
+        self.counters_name = prefix + COUNTERS
+        self.dead_topic = self.app.topic(prefix + DEAD_LETTERS, key_serializer="raw",
+                                         value_serializer="raw", internal=False)
+        self._lock: asyncio.Lock | None = None
+        self.dirty: dict[SnapshotKey, float] = {}
+        self.last_published: dict[SnapshotKey, float] = {}
+        self._sought: dict[TP, tuple[int, float]] = {}
+        self.assigned: set[TP] = set()
+        for name, topic in self._topics.items():
+            self.app.agent(topic, name=f"fold-{self.source[name]}", concurrency=1)(self._consume)
+        self.app.timer(0.1, name="publish-snapshots")(self._publish_due)
+        # mode's signal stubs reject any bound async receiver; the call shape is right
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    def _make_app(self) -> faust.App:
+        s = self.settings
+        return faust.App(
+            f"{self.prefix}motcua-streams",
+            broker=[f"kafka://{h}" for h in s.bootstrap.split(",")],
+            broker_credentials=_credentials(s),
+            broker_session_timeout=s.group_session_timeout_ms / 1000,
+            broker_heartbeat_interval=s.group_heartbeat_interval_ms / 1000,
+            consumer_auto_offset_reset="earliest",
+            key_serializer="raw", value_serializer="raw",
+            # No tables hold state (module docstring); kept ≥ 1 as the issue asks, so a table
+            # added later is not left without a standby by default.
+            table_standby_replicas=1,
+            topic_replication_factor=s.topic_replication_factor,
+            topic_allow_declare=True,  # only faust's own assignor topic; ours are provisioned
+            producer_acks=-1,
+            stream_wait_empty=False,
+            # faust binds a web server even when disabled: keep it private and off 6066.
+            web_enabled=False, web_bind="127.0.0.1", web_port=free_port(),
+            datadir=str(s.data_dir / "faust"),
+        )
+
+    # --- consuming -----------------------------------------------------------------------
+
+    async def _consume(self, stream: Any) -> None:
+        async for events in stream.take_events(self.batch_size, within=0.02):
+            await self.handle([Record(e.message.topic, e.message.partition, e.message.offset,
+                                      e.message.key, e.message.value) for e in events])
+
+    async def handle(self, records: list[Record]) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            batch = self.processor.prepare(records)
+            if batch.dead:
+                # acknowledged BEFORE the positions move past them: a crash in between
+                # repeats a dead letter (same source position), it never drops one
+                futures = []
+                for dead in batch.dead:
+                    key, value = dead.record()
+                    futures.append(await self.dead_topic.send(key=key, value=value))
+                await asyncio.gather(*futures)
+                for dead in batch.dead:
+                    log.warning("dead letter %s[%d]@%d: %s", dead.source_topic,
+                                dead.partition, dead.offset, dead.reason)
+            try:
+                changed = self.processor.commit(batch)
+            except PositionConflict as exc:
+                log.warning("%s; re-reading positions", exc)
+                await self._seek_to_store(batch.moves)
+                return
+            now = time.monotonic()
+            for tp, keys in changed.items():
+                for scope, period in keys:
+                    self.dirty.setdefault((tp, scope, period), now)
+            for tp, offset in batch.rewinds.items():
+                await self._seek(tp, offset)
+
+    async def _seek(self, tp: TP, offset: int) -> None:
+        last = self._sought.get(tp)
+        now = time.monotonic()
+        if last is not None and last[0] == offset and now - last[1] < 5.0:
+            return  # already going back there; records still in flight are skipped
+        self._sought[tp] = (offset, now)
+        log.info("seeking %s[%d] back to %d (the store's position)", tp[0], tp[1], offset)
+        try:
+            await self.app.consumer.seek(FaustTP(tp[0], tp[1]), offset)
+        except Exception as exc:  # noqa: BLE001 - revoked meanwhile: the new owner seeks
+            log.info("seek %s[%d] skipped: %r", tp[0], tp[1], exc)
+
+    async def _seek_to_store(self, tps: Iterable[TP]) -> None:
+        for tp, offset in self.processor.load_positions(tps).items():
+            if tp in self.assigned:
+                await self._seek(tp, offset)
+
+    # --- rebalancing ---------------------------------------------------------------------
+
+    async def _on_assigned(self, sender: Any, *args: Any, signal: Any = None,
+                           **kwargs: Any) -> None:
+        assigned: set[FaustTP] = args[0] if args else kwargs["assigned"]
+        mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.source}
+        gone = self.assigned - mine
+        self.assigned = mine
+        self._forget(gone)
+        positions = self.processor.load_positions(mine)
+        for key in self.processor.pending(mine):
+            self.dirty.setdefault(key, 0.0)
+        log.info("assigned %s", sorted(positions.items()))
+
+    async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None,
+                          **kwargs: Any) -> None:
+        revoked: set[FaustTP] = args[0] if args else kwargs["revoked"]
+        gone = {(tp.topic, tp.partition) for tp in revoked if tp.topic in self.source}
+        self.assigned -= gone
+        self._forget(gone)
+
+    def _forget(self, gone: set[TP]) -> None:
+        if not gone:
+            return
+        self.processor.forget(gone)
+        for key in [k for k in self.dirty if k[0] in gone]:
+            del self.dirty[key]
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    async def _publish_due(self) -> None:
+        """Publish each changed partial at most once per interval, and within one interval
+        of its change."""
+        if not self.dirty:
+            return
+        now = time.monotonic()
+        # A round is capped so the event loop (heartbeats, fetching) never waits long; what
+        # is left over goes in the next round, 100 ms later.
+        due = [k for k in self.dirty
+               if now - self.last_published.get(k, -1e9) >= self.interval][:MAX_ROUND]
+        if not due:
+            return
+        for key in due:
+            del self.dirty[key]
+        stamp = datetime.now(UTC).isoformat()
+        sent = []
+        for key, values, next_offset, version in self.processor.snapshots(
+                k for k in due if k[0] in self.assigned):
+            tp, scope, period = key
+            body = {"scope": scope, "period": period,
+                    "source": {"topic": tp[0].removeprefix(self.prefix), "partition": tp[1],
+                               "next_offset": next_offset},
+                    "measures": values, "worker": self.worker_id, "published_at": stamp}
+            # the producer itself, not Topic.send: faust's per-message wrapping costs more
+            # than the message when thousands of partials change at once (a catch-up)
+            fut = await self.app.producer.send(
+                self.counters_name, snapshot_key(self.prefix, tp, scope, period).encode(),
+                orjson.dumps(body), partition=None, timestamp=None, headers=None)
+            self.last_published[key] = now
+            sent.append((key, version, fut))
+        if sent:
+            await asyncio.gather(*(fut for _, _, fut in sent))
+            self.processor.published_many([(k[0], k[1], k[2], v) for k, v, _ in sent])
+
+
+def _credentials(s: Settings) -> Any:
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if s.kafka_security_protocol.endswith("SSL"):
+        import ssl
+        ssl_context = ssl.create_default_context(
+            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
+        if s.kafka_ssl_certfile:
+            ssl_context.load_cert_chain(str(s.kafka_ssl_certfile),
+                                        str(s.kafka_ssl_keyfile) if s.kafka_ssl_keyfile
+                                        else None)
+    if s.kafka_security_protocol.startswith("SASL"):
+        password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else ""
+        return faust.SASLCredentials(username=s.kafka_sasl_username or "", password=password,
+                                     mechanism=s.kafka_sasl_mechanism or "PLAIN",
+                                     ssl_context=ssl_context)
+    return faust.SSLCredentials(ssl_context)
+
+
+def run(settings: Settings, *, verify: bool = True, loglevel: str = "WARNING") -> int:
+    """Run a worker until SIGINT/SIGTERM (faust's worker owns the loop and the signals)."""
+    worker = StreamWorker(settings, verify=verify)
+    faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
+    faust_worker.execute_from_commandline()
+    return 0

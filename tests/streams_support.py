@@ -1,0 +1,143 @@
+"""Helpers for the stream worker tests: a simulated workload (real producers code, real
+signatures), producing it under a topic prefix, running `motcua streams` as a process, and
+waiting until its store has taken every record."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+from sqlalchemy import select
+
+from infra.db import make_engine
+from infra.nodes import node_ids
+from infra.topics import admin_client, ensure_topics
+from producers.migrate import open_store
+from producers.service import DossierService
+from producers.simulator import Simulator
+from producers.tables import outbox
+from schemas.codec import decode
+from schemas.counters import CounterKey, recount
+from schemas.keys import Keyring, init_keystore, load_registry
+from schemas.topics import DOSSIER_EVENTS, topic_specs
+from streams.processor import Processor
+from tests.integration.test_broker import MOTCUA, cli_env
+
+
+@dataclass
+class Workload:
+    keys_dir: Path
+    records: list[tuple[str, bytes, bytes]]  # (base topic, key, value), in outbox order
+
+    def expected(self, extra: Iterable[bytes] = ()) -> dict[CounterKey, int]:
+        return recount([decode(v) for _, _, v in self.records] + [decode(v) for v in extra])
+
+
+def simulate(tmp: Path, start: date, end: date, scale: float, seed: int = 3) -> Workload:
+    keys = tmp / "keys"
+    init_keystore(keys, node_ids())
+    engine = open_store(f"sqlite:///{tmp / 'nodes.db'}")
+    Simulator(DossierService(engine, Keyring(keys)), start, end, scale=scale, seed=seed).run()
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.topic, outbox.c.body)
+                            .order_by(outbox.c.origin, outbox.c.origin_seq)).all()
+    engine.dispose()
+    return Workload(keys, [(r.topic, orjson.loads(r.body)["dossier_id"].encode(), bytes(r.body))
+                           for r in rows])
+
+
+def provision(kafka_config: dict[str, Any], prefix: str) -> None:
+    admin = admin_client(kafka_config)
+    try:
+        ensure_topics(admin, topic_specs(prefix))
+    finally:
+        admin.close()
+
+
+def produce(kafka_config: dict[str, Any], prefix: str,
+            records: Sequence[tuple[str, bytes | None, bytes | None]]) -> dict[tuple[str, int], int]:
+    """Send in order; returns the end offset (last + 1) reached in each partition."""
+    producer = KafkaProducer(**kafka_config, acks="all", linger_ms=5, max_in_flight_requests_per_connection=1)
+    ends: dict[tuple[str, int], int] = {}
+    try:
+        futures = [producer.send(prefix + topic, key=key, value=value)
+                   for topic, key, value in records]
+        producer.flush(60)
+        for fut in futures:
+            md = fut.get(timeout=10)
+            tp = (md.topic, md.partition)
+            ends[tp] = max(ends.get(tp, 0), md.offset + 1)
+    finally:
+        producer.close(5)
+    return ends
+
+
+class WorkerProcess:
+    """One `motcua streams` process."""
+
+    def __init__(self, tmp: Path, bootstrap: str, prefix: str, keys: Path, name: str = "w1",
+                 store_url: str | None = None, **env: str) -> None:
+        self.log = tmp / f"{name}.log"
+        self.store_url = store_url or f"sqlite:///{tmp / 'streams.db'}"
+        data = tmp / name
+        data.mkdir(exist_ok=True)
+        self.env = cli_env(MOTCUA_KAFKA_BOOTSTRAP=bootstrap, MOTCUA_TOPIC_PREFIX=prefix,
+                           MOTCUA_KEYS_DIR=str(keys), MOTCUA_DATA_DIR=str(data),
+                           MOTCUA_STREAMS_DB_URL=self.store_url, **env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([*MOTCUA, "streams"], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def store_view(store_url: str, keys: Path, prefix: str) -> Processor:
+    """A processor over the worker's store, for reading it (never for processing)."""
+    return Processor(make_engine(store_url), {prefix + DOSSIER_EVENTS: "dossier"},
+                     load_registry(keys), worker="test-reader")
+
+
+def wait_for_positions(view: Processor, ends: dict[tuple[str, int], int], timeout: float,
+                       worker: WorkerProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = view.positions()
+        if all(stored.get(tp, (0, 0))[0] >= end for tp, end in ends.items()):
+            return
+        if worker is not None and not worker.alive():
+            raise AssertionError(f"worker exited: {worker.output()}")
+        if time.monotonic() > deadline:
+            behind = {tp: (stored.get(tp, (0, 0))[0], end) for tp, end in ends.items()
+                      if stored.get(tp, (0, 0))[0] < end}
+            raise AssertionError(f"store still behind after {timeout} s: {behind}\n"
+                                 + (worker.output() if worker else ""))
+        time.sleep(0.2)
