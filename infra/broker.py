@@ -30,7 +30,7 @@ class BrokerError(MotcuaError):
     """The embedded broker cannot be found, started or reached."""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when its parent dies."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -162,7 +162,7 @@ class EmbeddedBroker:
                  "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
                 stdin=subprocess.DEVNULL, stdout=self._log or subprocess.DEVNULL,
                 stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent)  # only calls prctl: safe before exec
+                preexec_fn=die_with_parent)  # only calls prctl: safe before exec
         except OSError as exc:
             self.stop()
             raise BrokerError(f"cannot run tansu at {self.binary}: {exc.strerror} (a binary "

@@ -3,17 +3,22 @@
 It starts the embedded broker (unless ``MOTCUA_KAFKA_BOOTSTRAP`` names a cluster), provisions
 the registry topics, makes sure the node keystore exists, opens the node store (all 106 nodes
 in ``var/nodes.db`` unless ``MOTCUA_DB_URL``), runs the outbox relay and the simulator (July
-2025, an office hour per minute by default). Streams, sync and displays join as they are
+2025, an office hour per minute by default) and a stream worker (``motcua streams``, a child
+process) whose live figures ``motcua counters`` prints. Sync and displays join as they are
 built. Ctrl-C (SIGINT) or SIGTERM stops everything in reverse order of start.
 
 The embedded broker keeps nothing across restarts, while the node store does: on start with
 a fresh embedded broker every stored event is marked unpublished, so the relay rebuilds the
-log from the stores (the outbox is each node's copy of its own history).
+log from the stores (the outbox is each node's copy of its own history). The stream worker's
+store describes positions in the old log, so it is emptied and refolded from the new one.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +29,9 @@ from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from infra.broker import EmbeddedBroker
+from infra.broker import EmbeddedBroker, die_with_parent
 from infra.nodes import node_ids
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
@@ -37,6 +43,7 @@ from producers.simulator import Simulator
 from schemas.errors import MotcuaError
 from schemas.keys import Keyring, init_keystore
 from schemas.topics import topic_specs
+from streams.store import reset_store, stored_progress
 
 Say = Callable[[str], None]
 
@@ -130,6 +137,14 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             if again:
                 say(f"store: {again:,} stored events will be published again to the fresh "
                     "in-memory broker")
+            dropped = reset_store(settings.streams_store_url)
+            if dropped:
+                say("streams: store emptied (its positions were in the previous broker's log); "
+                    "refolding from the new log")
+        worker = _start_streams(settings, bootstrap)
+        stack.callback(_stop_child, worker)
+        say(f"streams: worker pid {worker.pid}, store {settings.streams_store_url}, log "
+            f"{settings.data_dir / 'log' / 'streams.log'}; `motcua counters` prints its figures")
         stop = threading.Event()
         relay = Relay(engine, settings.kafka_config(bootstrap),
                       topic_prefix=settings.topic_prefix)
@@ -144,7 +159,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             say(f"simulator: {options.start} to {options.end}, scale {options.scale:g}, "
                 f"speed {pace}")
         say("motcua is up; press Ctrl-C to stop")
-        name = signals.wait(lambda: say(_progress(sim, relay, engine)),
+        name = signals.wait(lambda: say(_progress(sim, relay, engine, worker, settings)),
                             watch=lambda: _broker_gone(broker))
         if name.startswith("error:"):
             say(f"{name}; stopping")
@@ -181,7 +196,41 @@ def _simulate(sim: Simulator, say: Say) -> None:
         f"({sum(summary.received_by_node.values()):,} dossiers received)")
 
 
-def _progress(sim: Simulator | None, relay: Relay, engine: Engine) -> str:
+def _start_streams(settings: Settings, bootstrap: str) -> subprocess.Popen[bytes]:
+    """``motcua streams`` as a child that dies with us (even on kill -9)."""
+    log_dir = settings.data_dir / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MOTCUA_KAFKA_BOOTSTRAP": bootstrap}
+    with (log_dir / "streams.log").open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "infra.cli", "streams"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)  # only calls prctl: safe before exec
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
+
+
+def _streams_status(worker: subprocess.Popen[bytes], settings: Settings) -> str:
+    if worker.poll() is not None:
+        return (f"streams worker exited with {worker.returncode} (see "
+                f"{settings.data_dir / 'log' / 'streams.log'})")
+    try:
+        folded, dead = stored_progress(settings.streams_store_url)
+    except SQLAlchemyError:
+        return "streams: store not readable yet"
+    return f"streams: {folded:,} records folded, {dead:,} dead letters"
+
+
+def _progress(sim: Simulator | None, relay: Relay, engine: Engine,
+              worker: subprocess.Popen[bytes] | None = None,
+              settings: Settings | None = None) -> str:
     waiting = store.count_unpublished(engine)
     parts = []
     if sim is not None and sim.sim_time is not None:
@@ -190,4 +239,6 @@ def _progress(sim: Simulator | None, relay: Relay, engine: Engine) -> str:
     parts.append(f"{relay.stats.published:,} published, {waiting:,} in the outbox")
     if relay.stats.last_error:
         parts.append(f"last relay error: {relay.stats.last_error}")
+    if worker is not None and settings is not None:
+        parts.append(_streams_status(worker, settings))
     return "status: " + "; ".join(parts)

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 
 from schemas.enums import PAUSED, DossierStatus, HotlineCategory, Timeliness
 from schemas.events import (
@@ -77,6 +78,7 @@ def day_of(moment: datetime) -> date:
     return moment.astimezone(LOCAL_TZ).date()
 
 
+@lru_cache(maxsize=65_536)  # a dossier's moments are looked up again at each of its events
 def periods_of(moment: datetime) -> tuple[str, str]:
     """The local day and month a moment belongs to."""
     d = day_of(moment)

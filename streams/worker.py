@@ -34,7 +34,7 @@ from streams.processor import CALLS, DOSSIERS, TP, PositionConflict, Processor, 
 log = logging.getLogger("motcua.streams")
 
 SnapshotKey = tuple[TP, str, str]  # (source partition, scope, period)
-MAX_ROUND = 2000  # snapshots per publishing round
+MAX_ROUND = 1000  # snapshots per publishing round
 
 
 def snapshot_key(prefix: str, tp: TP, scope: str, period: str) -> str:
@@ -51,7 +51,8 @@ class StreamWorker:
         prefix = self.prefix = settings.topic_prefix
         self.source = {prefix + DOSSIER_EVENTS: DOSSIERS, prefix + HOTLINE_EVENTS: CALLS}
         registry = load_registry(settings.keys_path) if verify else None
-        self.processor = Processor(make_engine(settings.streams_store_url), self.source,
+        self.processor = Processor(make_engine(settings.streams_store_url, sqlite_sync="NORMAL"),
+                                   self.source,
                                    registry, worker=self.worker_id,
                                    cache_size=settings.streams_cache)
         self.batch_size = settings.streams_batch
@@ -181,6 +182,14 @@ class StreamWorker:
 
     # --- snapshots -----------------------------------------------------------------------
 
+    def _behind(self, tp: TP) -> bool:
+        try:
+            high = self.app.consumer.highwater(FaustTP(tp[0], tp[1]))
+        except Exception:  # noqa: BLE001 - not fetched yet / revoked: publish as usual
+            return False
+        position = self.processor.position(tp)
+        return high is not None and position is not None and high - position > self.batch_size
+
     async def _publish_due(self) -> None:
         """Publish each changed partial at most once per interval, and within one interval
         of its change."""
@@ -189,8 +198,12 @@ class StreamWorker:
         now = time.monotonic()
         # A round is capped so the event loop (heartbeats, fetching) never waits long; what
         # is left over goes in the next round, 100 ms later.
-        due = [k for k in self.dirty
-               if now - self.last_published.get(k, -1e9) >= self.interval][:MAX_ROUND]
+        # Partitions still catching up (more than a batch behind the fetch high watermark)
+        # wait: their intermediate figures interest no one, and publishing every partial
+        # each second would take the loop from the catch-up itself.
+        behind = {tp for tp in self.assigned if self._behind(tp)}
+        due = [k for k in self.dirty if k[0] not in behind
+               and now - self.last_published.get(k, -1e9) >= self.interval][:MAX_ROUND]
         if not due:
             return
         for key in due:

@@ -4,11 +4,13 @@ waiting until its store has taken every record."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,16 @@ from sqlalchemy import select
 from infra.db import make_engine
 from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
+from producers.lifecycle import receipt_time
 from producers.migrate import open_store
+from producers.plan import plan
 from producers.service import DossierService
 from producers.simulator import Simulator
 from producers.tables import outbox
-from schemas.codec import decode
+from schemas.codec import decode, encode
 from schemas.counters import CounterKey, recount
+from schemas.events import GENESIS_HASH, DossierReceived
+from schemas.integrity import seal
 from schemas.keys import Keyring, init_keystore, load_registry
 from schemas.topics import DOSSIER_EVENTS, topic_specs
 from streams.processor import Processor
@@ -53,18 +59,22 @@ def simulate(tmp: Path, start: date, end: date, scale: float, seed: int = 3) -> 
                            for r in rows])
 
 
-def provision(kafka_config: dict[str, Any], prefix: str) -> None:
+def provision(kafka_config: dict[str, Any], prefix: str, dossier_partitions: int = 12) -> None:
+    specs = [replace(s, partitions=dossier_partitions) if s.name == prefix + DOSSIER_EVENTS
+             else s for s in topic_specs(prefix)]
     admin = admin_client(kafka_config)
     try:
-        ensure_topics(admin, topic_specs(prefix))
+        ensure_topics(admin, specs)
     finally:
         admin.close()
 
 
 def produce(kafka_config: dict[str, Any], prefix: str,
-            records: Sequence[tuple[str, bytes | None, bytes | None]]) -> dict[tuple[str, int], int]:
+            records: Sequence[tuple[str, bytes | None, bytes | None]]
+            ) -> dict[tuple[str, int], int]:
     """Send in order; returns the end offset (last + 1) reached in each partition."""
-    producer = KafkaProducer(**kafka_config, acks="all", linger_ms=5, max_in_flight_requests_per_connection=1)
+    producer = KafkaProducer(**kafka_config, acks="all", linger_ms=5,
+                             max_in_flight_requests_per_connection=1)
     ends: dict[tuple[str, int], int] = {}
     try:
         futures = [producer.send(prefix + topic, key=key, value=value)
@@ -141,3 +151,33 @@ def wait_for_positions(view: Processor, ends: dict[tuple[str, int], int], timeou
             raise AssertionError(f"store still behind after {timeout} s: {behind}\n"
                                  + (worker.output() if worker else ""))
         time.sleep(0.2)
+
+
+def received_only(keys_dir: Path, start: date, end: date, scale: float = 1.0
+                  ) -> list[tuple[str, bytes | None, bytes | None]]:
+    """One signed dossier.received per dossier of the simulator's plan (exact at scale 1:
+    201,034 for 1/7–30/7, 167,972 online), without the rest of the lifecycles: the
+    published July figures at a size a test can afford."""
+    keys = Keyring(keys_dir)
+    rng = random.Random(1)
+    heads: dict[str, tuple[int, str]] = defaultdict(lambda: (0, GENESIS_HASH))
+    records: list[tuple[str, bytes | None, bytes | None]] = []
+    for cell in plan(start, end, scale=scale):
+        kinds = ([("in_person", False)] * cell.in_person + [("postal", False)] * cell.postal
+                 + [("online", True)] * cell.online_full
+                 + [("online", False)] * cell.online_partial)
+        for i, (channel, full) in enumerate(kinds):
+            seq, head = heads[cell.node.id]
+            dossier = f"J-{cell.node.id}-{cell.day:%m%d}-{i}"
+            event = seal(DossierReceived, origin=cell.node.id, origin_seq=seq + 1,
+                         prev_hash=head, dossier_id=dossier,
+                         occurred_at=receipt_time(rng, cell.day, channel == "online"),
+                         data={"procedure_code": "1.000001", "field": "Hộ tịch",
+                               "channel": channel, "full_online": full,
+                               "receiving_node": cell.node.id,
+                               "due_date": cell.day + timedelta(days=10),
+                               "components_digitised": False},
+                         key=keys(cell.node.id))
+            heads[cell.node.id] = (seq + 1, event.hash)
+            records.append(("dossier-events", dossier.encode(), encode(event)))
+    return records

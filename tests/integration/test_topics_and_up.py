@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kafka.admin import KafkaAdminClient
 from sqlalchemy import select, update
 
@@ -103,6 +105,25 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         for record in records[:50]:
             verify(decode(record.value), registry)
 
+        # the stream worker's province figures move while the simulator runs
+        def received() -> int:
+            out = run_cli("counters", "--from", "2025-07-01", "--to", "2025-07-30", "--json",
+                          MOTCUA_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}")
+            assert out.returncode == 0, out.stderr
+            return int(json.loads(out.stdout)["received"])
+        first = 0
+        deadline = time.monotonic() + 60
+        while first == 0 and time.monotonic() < deadline:
+            first = received()
+        assert first > 0, "no counters published"
+        later = first
+        while later == first and time.monotonic() < deadline:
+            time.sleep(1)
+            later = received()
+        assert later > first, "province totals did not move"
+        worker_pid = int(re.search(r"streams: worker pid (\d+)",  # type: ignore[union-attr]
+                                   "\n".join(lines)).group(1))
+
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=20)
     finally:
@@ -111,6 +132,8 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "SIGINT received; stopping" in rest and rest.rstrip().endswith("stopped")
     assert "Traceback" not in rest
     assert not kafka_answers("127.0.0.1", port), "the broker outlived motcua up"
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)  # the stream worker went with it
 
 
 def test_motcua_up_stops_with_an_error_when_its_broker_dies(tmp_path: Path) -> None:
