@@ -103,9 +103,9 @@ class WorkerProcess:
                            MOTCUA_STREAMS_DB_URL=self.store_url, **env)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self, *args: str) -> WorkerProcess:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([*MOTCUA, "streams"], env=self.env, stdout=out,
+            self.proc = subprocess.Popen([*MOTCUA, "streams", *args], env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT)
         return self
 

@@ -15,6 +15,7 @@ from schemas.counters import (
     percent,
     recount,
 )
+from schemas.events import AnyEvent
 from schemas.fold import fold
 from tests.factories import T0, Chain
 
@@ -23,7 +24,8 @@ SITE = Chain("site-phohien")
 
 
 def lifecycle(dossier: str, *, resolve_after: int | None = 3, due: date = date(2025, 7, 10),
-              channel: str = "online", full: bool = True, pause: bool = False) -> list:
+              channel: str = "online", full: bool = True, pause: bool = False
+              ) -> list[AnyEvent]:
     """Received at the commune on T0's day; handled at the site ``resolve_after`` days on."""
     c, s = COMMUNE, SITE
     events = [c.emit("dossier.received", dossier, T0, channel=channel, full_online=full,
@@ -41,7 +43,7 @@ def lifecycle(dossier: str, *, resolve_after: int | None = 3, due: date = date(2
     return events
 
 
-def day_counters(events: list, scope: str = "province") -> dict[tuple[str, str], int]:
+def day_counters(events: list[AnyEvent], scope: str = "province") -> dict[tuple[str, str], int]:
     return {(p, m): v for (s, p, m), v in recount(events).items() if s == scope and len(p) == 10}
 
 
