@@ -18,6 +18,8 @@ lint: install
 
 bench: install  ## benchmarks; results go in docs/benchmarks.md by hand, with the command
 	$(BIN)/python -m bench.codec
+	$(BIN)/python -m bench.streams
+	$(BIN)/python -m bench.streams_latency
 
 install: $(STAMP)
 

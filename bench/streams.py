@@ -15,9 +15,11 @@ Run: ``.venv/bin/python -m bench.streams [DAYS] [SCALE]`` (default 7 days at sca
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -33,9 +35,17 @@ from tests.streams_support import (
 )
 
 
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def timed_worker(tmp: Path, bootstrap: str, prefix: str, keys: Path, total: int,
-                 expected: dict[CounterKey, int], *args: str) -> tuple[float, bool]:
-    w = WorkerProcess(tmp, bootstrap, prefix, keys, name=prefix.strip("."))
+                 expected: dict[CounterKey, int], *args: str) -> tuple[float, bool, float]:
+    w = WorkerProcess(tmp, bootstrap, prefix, keys, name=prefix.strip("."),
+                      store_url=f"sqlite:///{tmp / (prefix.strip('.') + '.db')}")
     w.start(*args)
     view = store_view(w.store_url, keys, prefix)
     first = end = 0.0
@@ -53,21 +63,61 @@ def timed_worker(tmp: Path, bootstrap: str, prefix: str, keys: Path, total: int,
                 raise SystemExit(w.output())
             time.sleep(0.05)
         exact = view.counters() == expected
+        assert w.proc is not None
+        rss = peak_rss_mib(w.proc.pid)
     finally:
         w.stop()
-    return end - first, exact
+    return end - first, exact, rss
 
 
-def timed_peer(module: str, bootstrap: str, topic: str, total: int, data: Path) -> float:
+def restart_time(tmp: Path, bootstrap: str, prefix: str, keys: Path,
+                 record: tuple[str, bytes, bytes]) -> float:
+    """A worker started on an intact store (after kill -9 or a move): seconds from process
+    start until one new record is folded. This is all a recovery costs here."""
+    cfg = {"bootstrap_servers": [bootstrap]}
+    ends = produce(cfg, prefix, [record])
+    w = WorkerProcess(tmp, bootstrap, prefix, keys, name=prefix.strip("."),
+                      store_url=f"sqlite:///{tmp / (prefix.strip('.') + '.db')}")
+    view = store_view(w.store_url, keys, prefix)
+    started = time.perf_counter()
+    w.start()
+    try:
+        while any(view.positions().get(tp, (0, 0))[0] < end for tp, end in ends.items()):
+            time.sleep(0.02)
+        return time.perf_counter() - started
+    finally:
+        w.stop()
+
+
+def timed_peer(module: str, bootstrap: str, topic: str, total: int, data: Path
+               ) -> tuple[float, int]:
+    """(seconds from the peer's first event to its last, events it saw). A peer that makes
+    no progress for 30 s is stopped where it is and reported so."""
     proc = subprocess.Popen([sys.executable, "-m", module, bootstrap, topic, str(total),
                              str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
+    last = {"events": 0, "seconds": 0.0}
+    progress = time.monotonic()
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for x in proc.stdout or []:
+            lines.put(x)
+    threading.Thread(target=pump, daemon=True).start()
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("{"):
-                return float(json.loads(line)["seconds"])
-        raise SystemExit(f"{module} exited without finishing")
+        while time.monotonic() - progress < 30:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if not line.startswith("{"):
+                continue
+            report = json.loads(line)
+            if report["events"] > last["events"]:
+                last, progress = report, time.monotonic()
+            if report["done"]:
+                break
+        return float(last["seconds"]), int(last["events"])
     finally:
         proc.terminate()
         try:
@@ -91,27 +141,43 @@ def main(days: int = 7, scale: float = 0.3) -> None:
             for prefix in ("v.", "nv.", "faust.", "quix."):
                 provision(cfg, prefix)
                 produce(cfg, prefix, records)
-            secs, exact = timed_worker(tmp, broker.bootstrap, "v.", work.keys_dir, total,
-                                       expected)
+            secs, exact, rss = timed_worker(tmp, broker.bootstrap, "v.", work.keys_dir, total,
+                                            expected)
             rows.append(("motcua streams, signatures verified", secs, exact))
-            secs, exact = timed_worker(tmp, broker.bootstrap, "nv.", work.keys_dir, total,
-                                       expected, "--no-verify")
+            restart = restart_time(tmp, broker.bootstrap, "v.", work.keys_dir,
+                                   ("dossier-events", b"D-EXTRA", records[0][2]))
+            secs, exact, rss_nv = timed_worker(tmp, broker.bootstrap, "nv.", work.keys_dir,
+                                               total, expected, "--no-verify")
             rows.append(("motcua streams --no-verify", secs, exact))
-            rows.append(("peer: plain faust (group_by + Table, no fold)",
-                         timed_peer("bench.peers.faust_count", broker.bootstrap,
-                                    "faust.dossier-events", total, tmp / "faust"), None))
-            rows.append(("peer: Quix Streams, same fold and counters, no signatures",
-                         timed_peer("bench.peers.quix_count", broker.bootstrap,
-                                    "quix.dossier-events", total, tmp / "quix"), None))
+            for name, module, topic in (
+                    ("peer: plain faust (group_by + Table, no fold)",
+                     "bench.peers.faust_count", "faust.dossier-events"),
+                    ("peer: Quix Streams, same fold and counters, no signatures",
+                     "bench.peers.quix_count", "quix.dossier-events")):
+                secs, events = timed_peer(module, broker.bootstrap, topic, total,
+                                          tmp / module)
+                if events < total:
+                    name += f" (stalled at {events:,} of {total:,}; rate over those)"
+                rows.append((name, secs * total / max(events, 1), None))
         print("| consumer | events/s | exact |\n|---|---:|---|")
         for name, secs, ok in rows:
             mark = "–" if ok is None else ("yes" if ok else "NO")
             print(f"| {name} | {total / secs:,.0f} | {mark} |")
         ours = {name: total / secs for name, secs, _ in rows}
-        faust_rate = ours["peer: plain faust (group_by + Table, no fold)"]
-        quix_rate = ours["peer: Quix Streams, same fold and counters, no signatures"]
+        faust_rate, quix_rate = ours[rows[2][0]], ours[rows[3][0]]
         print(f"\nmotcua verified / plain faust: {ours[rows[0][0]] / faust_rate:.2f}×; "
               f"motcua --no-verify / Quix: {ours[rows[1][0]] / quix_rate:.2f}×")
+        store = tmp / "v.db"
+        dossiers = len({k for t, k, _ in records})
+        year = 6_700 * 365 * total / dossiers  # events in a simulated year at this mix
+        print(f"worker peak RSS: {rss:.0f} MiB verified, {rss_nv:.0f} MiB --no-verify "
+              f"(cache of 100,000 folded dossiers; the rest is on disk)")
+        print(f"store: {store.stat().st_size / 2**20:.1f} MiB for {dossiers:,} dossiers "
+              f"= {store.stat().st_size / dossiers / 1024:.1f} KiB each")
+        print(f"restart on an intact store (kill -9 or takeover), process start to the next "
+              f"record folded: {restart:.1f} s")
+        print(f"rebuild from an empty store, a simulated year (~{year / 1e6:.1f} M events) at "
+              f"the verified rate: ~{year / ours[rows[0][0]] / 60:.0f} min (extrapolated)")
 
 
 if __name__ == "__main__":

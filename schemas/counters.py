@@ -44,6 +44,10 @@ from schemas.events import (
 from schemas.fold import DossierState, EventKey, event_key, fold
 
 CounterKey = tuple[str, str, str]  # (scope, period, measure)
+
+#: Bump on any change to what a fold or a contribution yields: stream stores built by other
+#: rules are then refolded from the log (streams/processor.py).
+RULES_VERSION = "1"
 Contribution = dict[CounterKey, int]
 
 PROVINCE = "province"

@@ -9,6 +9,7 @@ sync consumers, and read back by ``motcua dead-letters``.
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import orjson
 
 from schemas.errors import MotcuaError, SchemaError
+
+MAX_ORIGINAL = 64 * 1024  # events are refused above 16 KiB; this keeps any of them whole
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,20 @@ class DeadLetter:
         return cls(str(exc), source_topic, partition, offset, key, value, stage, field)
 
     def record(self, now: datetime | None = None) -> tuple[bytes, bytes]:
-        """(key, value) for the dead-letters topic."""
+        """(key, value) for the dead-letters topic. An original over ``MAX_ORIGINAL`` bytes is
+        cut, with its length and sha256 kept: base64 of a message near the broker's size
+        limit would itself be too large to publish, and its partition would stall."""
         body: dict[str, Any] = {
             "reason": self.reason, "field": self.field, "stage": self.stage,
             "source": {"topic": self.source_topic, "partition": self.partition,
                        "offset": self.offset},
             "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
             "original_b64": (None if self.value is None
-                             else base64.b64encode(self.value).decode()),
+                             else base64.b64encode(self.value[:MAX_ORIGINAL]).decode()),
+            "original_bytes": None if self.value is None else len(self.value),
+            "original_sha256": (None if self.value is None
+                                else hashlib.sha256(self.value).hexdigest()),
+            "original_truncated": self.value is not None and len(self.value) > MAX_ORIGINAL,
             "rejected_at": (now or datetime.now(UTC)).isoformat(),
         }
         return self.source_topic.encode(), orjson.dumps(body)

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.codec import decode
 from schemas.counters import (
+    RULES_VERSION,
     CallState,
     Contribution,
     CounterKey,
@@ -85,6 +87,34 @@ def _upserts(mark: str) -> dict[str, str]:
     return {name: sql.replace("?", mark) for name, sql in _UPSERTS.items()}
 
 
+def _open_store(engine: Engine) -> bool:
+    """Create the tables; empty them if the store was built by other counter rules (then
+    every partition refolds from offset 0). True if it was emptied. Two workers opening a
+    new PostgreSQL store at once race on CREATE and on the marker row: the loser retries."""
+    for attempt in range(5):
+        try:
+            return _open_store_once(engine)
+        except SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _open_store_once(engine: Engine) -> bool:
+    t.metadata.create_all(engine)
+    with engine.begin() as conn:
+        built_by = conn.execute(select(t.meta.c.value).where(t.meta.c.name == "rules")
+                                ).scalar_one_or_none()
+        if built_by == RULES_VERSION:
+            return False
+        has_state = conn.execute(select(t.positions.c.topic).limit(1)).first() is not None
+        for table in (t.positions, t.subjects, t.counters, t.dirty, t.meta):
+            conn.execute(delete(table))
+        conn.execute(t.meta.insert().values(name="rules", value=RULES_VERSION))
+        return has_state
+
+
 class PositionConflict(MotcuaError):
     """Another worker moved a partition's stored position: this worker's view is stale."""
 
@@ -128,7 +158,7 @@ class Processor:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], _Subject] = OrderedDict()
         self._pos: dict[TP, int] = {}
-        t.metadata.create_all(engine)
+        self.refolded = _open_store(engine)
         self._insert = (postgresql.insert if engine.dialect.name == "postgresql"
                         else sqlite.insert)
         self._sql = _upserts("%s" if engine.dialect.name == "postgresql" else "?")
@@ -180,16 +210,17 @@ class Processor:
         new_tps = {(r.topic, r.partition) for r in records} - self._pos.keys()
         self.load_positions(new_tps)
         accepted: list[tuple[Record, AnyEvent]] = []
+        ahead: dict[TP, int] = {}  # the furthest record skipped for being past the position
         for rec in records:
             tp = (rec.topic, rec.partition)
             expected = self._pos[tp]
             if rec.offset < expected:
                 batch.duplicates += 1  # redelivered below the stored position
                 continue
-            if rec.offset > expected or tp in batch.rewinds:
-                # Our consumer is ahead of the store (a lost store, or Kafka's committed
-                # offset beyond ours): go back rather than skip records.
-                batch.rewinds.setdefault(tp, expected)
+            if rec.offset > expected:
+                # Our consumer is ahead of the store (a lost store, Kafka's committed offset
+                # beyond ours, or records fetched before a seek back): never skip forward.
+                ahead[tp] = max(ahead.get(tp, -1), rec.offset)
                 continue
             start = batch.moves[tp][0] if tp in batch.moves else expected
             batch.moves[tp] = (start, rec.offset + 1)
@@ -197,6 +228,8 @@ class Processor:
             event = self._check(rec, batch)
             if event is not None:
                 accepted.append((rec, event))
+        # seek back only where a skipped record is still beyond what this batch reached
+        batch.rewinds = {tp: self._pos[tp] for tp, far in ahead.items() if far >= self._pos[tp]}
         self._load_subjects({(self.kinds[r.topic], e.dossier_id): r.partition
                              for r, e in accepted})
         before: dict[tuple[str, str], Contribution] = {}

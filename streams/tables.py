@@ -66,3 +66,12 @@ dirty = Table(
     Column("period", String(10), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
+
+#: What built the store: the counter rules' version (schemas.counters.RULES_VERSION). The
+#: stored counters are sums of deltas computed by those rules; under other rules they would
+#: no longer equal a recount, so a store built by other rules is refolded from offset 0.
+meta = Table(
+    "stream_meta", metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", String(200), nullable=False),
+)

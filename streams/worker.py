@@ -55,6 +55,9 @@ class StreamWorker:
                                    self.source,
                                    registry, worker=self.worker_id,
                                    cache_size=settings.streams_cache)
+        if self.processor.refolded:
+            log.warning("the store was built by other counter rules: emptied, refolding "
+                        "every partition from offset 0")
         self.batch_size = settings.streams_batch
         self.interval = settings.snapshot_interval_ms / 1000
         self.app = self._make_app()
@@ -65,7 +68,8 @@ class StreamWorker:
         self.counters_name = prefix + COUNTERS
         self.dead_topic = self.app.topic(prefix + DEAD_LETTERS, key_serializer="raw",
                                          value_serializer="raw", internal=False)
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()  # one batch at a time, and no rebalance inside one
+        self._pending_checked = 0.0
         self.dirty: dict[SnapshotKey, float] = {}
         self.last_published: dict[SnapshotKey, float] = {}
         self._sought: dict[TP, tuple[int, float]] = {}
@@ -107,38 +111,57 @@ class StreamWorker:
                                       e.message.key, e.message.value) for e in events])
 
     async def handle(self, records: list[Record]) -> None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         async with self._lock:
-            batch = self.processor.prepare(records)
-            if batch.dead:
-                # acknowledged BEFORE the positions move past them: a crash in between
-                # repeats a dead letter (same source position), it never drops one
-                futures = []
-                for dead in batch.dead:
-                    key, value = dead.record()
-                    futures.append(await self.dead_topic.send(key=key, value=value))
-                await asyncio.gather(*futures)
-                for dead in batch.dead:
-                    log.warning("dead letter %s[%d]@%d: %s", dead.source_topic,
-                                dead.partition, dead.offset, dead.reason)
+            # a batch can still hold records of a partition revoked meanwhile: its new owner
+            # takes them; committing them here would only make it conflict
+            records = [r for r in records if (r.topic, r.partition) in self.assigned]
+            tps = {(r.topic, r.partition) for r in records}
             try:
-                changed = self.processor.commit(batch)
+                await self._handle(records)
             except PositionConflict as exc:
                 log.warning("%s; re-reading positions", exc)
-                await self._seek_to_store(batch.moves)
-                return
-            now = time.monotonic()
-            for tp, keys in changed.items():
-                for scope, period in keys:
-                    self.dirty.setdefault((tp, scope, period), now)
-            for tp, offset in batch.rewinds.items():
-                await self._seek(tp, offset)
+                await self._seek_to_store(tps)
+                self._reload_pending()
+            except Exception:
+                # Kafka or the store failed mid-batch: nothing of it is stored, so drop what
+                # the cache holds ahead of the store; the next records of these partitions
+                # are then ahead of it, and the worker seeks back and reads them again.
+                log.exception("batch of %d records not stored; it will be read again",
+                              len(records))
+                self.processor.forget(tps)
+                await asyncio.sleep(1.0)
+
+    async def _handle(self, records: list[Record]) -> None:
+        batch = self.processor.prepare(records)
+        if batch.dead:
+            # acknowledged BEFORE the positions move past them: a crash in between
+            # repeats a dead letter (same source position), it never drops one
+            futures = []
+            for dead in batch.dead:
+                key, value = dead.record()
+                futures.append(await self.dead_topic.send(key=key, value=value))
+            await asyncio.gather(*futures)
+            for dead in batch.dead:
+                log.warning("dead letter %s[%d]@%d: %s", dead.source_topic,
+                            dead.partition, dead.offset, dead.reason)
+        changed = self.processor.commit(batch)
+        now = time.monotonic()
+        for tp, keys in changed.items():
+            for scope, period in keys:
+                self.dirty.setdefault((tp, scope, period), now)
+        for tp, offset in batch.rewinds.items():
+            await self._seek(tp, offset)
+
+    def _reload_pending(self) -> None:
+        """Snapshot marks in the store for our partitions (left by a crash, or by a batch
+        another worker committed just before handing a partition over)."""
+        for key in self.processor.pending(self.assigned):
+            self.dirty.setdefault(key, 0.0)
 
     async def _seek(self, tp: TP, offset: int) -> None:
         last = self._sought.get(tp)
         now = time.monotonic()
-        if last is not None and last[0] == offset and now - last[1] < 5.0:
+        if last is not None and last[0] == offset and now - last[1] < 1.0:
             return  # already going back there; records still in flight are skipped
         self._sought[tp] = (offset, now)
         log.info("seeking %s[%d] back to %d (the store's position)", tp[0], tp[1], offset)
@@ -158,20 +181,25 @@ class StreamWorker:
                            **kwargs: Any) -> None:
         assigned: set[FaustTP] = args[0] if args else kwargs["assigned"]
         mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.source}
-        gone = self.assigned - mine
-        self.assigned = mine
-        self._forget(gone)
-        positions = self.processor.load_positions(mine)
-        for key in self.processor.pending(mine):
-            self.dirty.setdefault(key, 0.0)
+        async with self._lock:  # never between a batch's prepare and its commit
+            gone = self.assigned - mine
+            self.assigned = mine
+            self._forget(gone)
+            try:
+                positions = self.processor.load_positions(mine)
+                self._reload_pending()
+            except Exception:  # the store is down: batches will retry and seek back
+                log.exception("could not read the store on assignment")
+                return
         log.info("assigned %s", sorted(positions.items()))
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None,
                           **kwargs: Any) -> None:
         revoked: set[FaustTP] = args[0] if args else kwargs["revoked"]
         gone = {(tp.topic, tp.partition) for tp in revoked if tp.topic in self.source}
-        self.assigned -= gone
-        self._forget(gone)
+        async with self._lock:
+            self.assigned -= gone
+            self._forget(gone)
 
     def _forget(self, gone: set[TP]) -> None:
         if not gone:
@@ -192,9 +220,22 @@ class StreamWorker:
 
     async def _publish_due(self) -> None:
         """Publish each changed partial at most once per interval, and within one interval
-        of its change."""
+        of its change. A failure (broker or store down) keeps the keys for the next tick."""
+        now = time.monotonic()
+        if now - self._pending_checked > 30:  # marks a rebalance race may have left
+            self._pending_checked = now
+            try:
+                self._reload_pending()
+            except Exception:  # noqa: BLE001 - retried in 30 s
+                log.warning("could not read snapshot marks from the store")
         if not self.dirty:
             return
+        try:
+            await self._publish_round()
+        except Exception:
+            log.exception("publishing snapshots failed; retrying")
+
+    async def _publish_round(self) -> None:
         now = time.monotonic()
         # A round is capped so the event loop (heartbeats, fetching) never waits long; what
         # is left over goes in the next round, 100 ms later.
@@ -208,6 +249,16 @@ class StreamWorker:
             return
         for key in due:
             del self.dirty[key]
+        failed = True
+        try:
+            await self._send_snapshots(due, now)
+            failed = False
+        finally:
+            if failed:  # put them back: published next tick
+                for key in due:
+                    self.dirty.setdefault(key, now)
+
+    async def _send_snapshots(self, due: list[SnapshotKey], now: float) -> None:
         stamp = datetime.now(UTC).isoformat()
         sent = []
         for key, values, next_offset, version in self.processor.snapshots(

@@ -28,7 +28,7 @@ def main(bootstrap: str, topic_name: str, want: int, data_dir: str) -> None:
                     store="memory://", datadir=data_dir)
     source = app.topic(topic_name, key_type=bytes, value_type=bytes, internal=False)
     counts = app.Table("received", default=int)
-    seen = {"n": 0, "first": 0.0}
+    seen: dict[str, float] = {"n": 0, "first": 0.0}
 
     def by_day_channel(value: bytes) -> str:
         try:
@@ -46,12 +46,20 @@ def main(bootstrap: str, topic_name: str, want: int, data_dir: str) -> None:
                 seen["first"] = time.perf_counter()
             counts[by_day_channel(value)] += 1
             seen["n"] += 1
-            if seen["n"] == want:
-                elapsed = time.perf_counter() - seen["first"]
-                print(json.dumps({"events": want, "seconds": elapsed}), flush=True)
+            report(seen, want)
 
     worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def report(seen: dict[str, float], want: int) -> None:
+    """A progress line at most every second, and one when ``want`` events were seen: the
+    benchmark can then tell a slow peer from a stalled one."""
+    now = time.perf_counter()
+    if seen["n"] == want or now - seen.get("said", 0.0) >= 1.0:
+        seen["said"] = now
+        print(json.dumps({"events": seen["n"], "seconds": now - seen["first"],
+                          "done": seen["n"] >= want}), flush=True)
 
 
 if __name__ == "__main__":

@@ -31,15 +31,13 @@ def main(bootstrap: str, topic_name: str, want: int, state_dir: str) -> None:
                       auto_offset_reset="earliest", state_dir=state_dir,
                       consumer_extra_config={"session.timeout.ms": 6000})
     topic = app.topic(topic_name, value_deserializer="bytes", key_deserializer="str")
-    seen = {"n": 0, "first": 0.0}
+    seen: dict[str, float] = {"n": 0, "first": 0.0}
 
     def fold_one(value: bytes, state: State[Any, Any]) -> list[dict[str, Any]]:
         if not seen["n"]:
             seen["first"] = time.perf_counter()
         seen["n"] += 1
-        if seen["n"] == want:
-            print(json.dumps({"events": want, "seconds": time.perf_counter() - seen["first"]}),
-                  flush=True)
+        report(seen, want)
         try:
             event = decode(value)
         except MotcuaError:
@@ -78,6 +76,16 @@ def main(bootstrap: str, topic_name: str, want: int, state_dir: str) -> None:
     sdf = sdf.group_by(lambda row: row["key"], name="counter")
     sdf = sdf.apply(add, stateful=True)
     app.run()
+
+
+def report(seen: dict[str, float], want: int) -> None:
+    """A progress line at most every second, and one when ``want`` events were seen: the
+    benchmark can then tell a slow peer from a stalled one."""
+    now = time.perf_counter()
+    if seen["n"] == want or now - seen.get("said", 0.0) >= 1.0:
+        seen["said"] = now
+        print(json.dumps({"events": seen["n"], "seconds": now - seen["first"],
+                          "done": seen["n"] >= want}), flush=True)
 
 
 if __name__ == "__main__":
