@@ -41,7 +41,7 @@ from schemas.events import (
     HotlineCallClosed,
     HotlineCallReceived,
 )
-from schemas.fold import DossierState, EventKey, event_key, fold
+from schemas.fold import DossierState, EventKey, event_key, fold, in_fold_order
 
 CounterKey = tuple[str, str, str]  # (scope, period, measure)
 
@@ -183,12 +183,7 @@ class CallState:
 def fold_call(events: Iterable[AnyEvent], call_id: str | None = None) -> CallState | None:
     """A hotline call's state from any collection of its events (order and duplicates do not
     matter; same tie-breaks as the dossier fold)."""
-    unique: dict[str, AnyEvent] = {}
-    for e in events:
-        kept = unique.get(e.event_id)
-        if kept is None or e.hash < kept.hash:
-            unique[e.event_id] = e
-    ordered = sorted(unique.values(), key=lambda e: (*event_key(e), e.hash))
+    ordered = in_fold_order(events)
     if not ordered:
         return None
     state = CallState(call_id or ordered[0].dossier_id)

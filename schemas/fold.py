@@ -100,6 +100,17 @@ class DossierState:
 def fold(events: Iterable[AnyEvent], dossier_id: str | None = None) -> DossierState | None:
     """The state of one dossier from any collection of its events (order and duplicates do
     not matter). ``None`` if there are no events."""
+    ordered = in_fold_order(events)
+    if not ordered:
+        return None
+    state = DossierState(dossier_id or ordered[0].dossier_id)
+    for event in ordered:
+        state = apply(state, event)
+    return state
+
+
+def in_fold_order(events: Iterable[AnyEvent]) -> list[AnyEvent]:
+    """The distinct events of one subject in the order every fold applies them."""
     # Two different events under one event_id (a forgery or a fork) would otherwise make
     # the result depend on arrival order: keep the one with the smaller hash, and break
     # key ties by hash too.
@@ -108,13 +119,7 @@ def fold(events: Iterable[AnyEvent], dossier_id: str | None = None) -> DossierSt
         kept = unique.get(e.event_id)
         if kept is None or e.hash < kept.hash:
             unique[e.event_id] = e
-    ordered = sorted(unique.values(), key=lambda e: (*event_key(e), e.hash))
-    if not ordered:
-        return None
-    state = DossierState(dossier_id or ordered[0].dossier_id)
-    for event in ordered:
-        state = apply(state, event)
-    return state
+    return sorted(unique.values(), key=lambda e: (*event_key(e), e.hash))
 
 
 def apply(state: DossierState, event: AnyEvent) -> DossierState:

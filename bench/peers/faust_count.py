@@ -8,12 +8,12 @@ Run by bench/streams.py: ``python -m bench.peers.faust_count BOOTSTRAP TOPIC WAN
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import faust
 
+from bench.peers import report
 from infra.broker import free_port
 from schemas.codec import decode
 from schemas.errors import MotcuaError
@@ -50,16 +50,6 @@ def main(bootstrap: str, topic_name: str, want: int, data_dir: str) -> None:
 
     worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
-
-
-def report(seen: dict[str, float], want: int) -> None:
-    """A progress line at most every second, and one when ``want`` events were seen: the
-    benchmark can then tell a slow peer from a stalled one."""
-    now = time.perf_counter()
-    if seen["n"] == want or now - seen.get("said", 0.0) >= 1.0:
-        seen["said"] = now
-        print(json.dumps({"events": seen["n"], "seconds": now - seen["first"],
-                          "done": seen["n"] >= want}), flush=True)
 
 
 if __name__ == "__main__":

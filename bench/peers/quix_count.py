@@ -12,7 +12,6 @@ Run by bench/streams.py: ``python -m bench.peers.quix_count BOOTSTRAP TOPIC WANT
 from __future__ import annotations
 
 import base64
-import json
 import pickle
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from quixstreams import Application, State
 
+from bench.peers import report
 from schemas.codec import decode
 from schemas.counters import diff, dossier_contribution
 from schemas.errors import MotcuaError
@@ -76,16 +76,6 @@ def main(bootstrap: str, topic_name: str, want: int, state_dir: str) -> None:
     sdf = sdf.group_by(lambda row: row["key"], name="counter")
     sdf = sdf.apply(add, stateful=True)
     app.run()
-
-
-def report(seen: dict[str, float], want: int) -> None:
-    """A progress line at most every second, and one when ``want`` events were seen: the
-    benchmark can then tell a slow peer from a stalled one."""
-    now = time.perf_counter()
-    if seen["n"] == want or now - seen.get("said", 0.0) >= 1.0:
-        seen["said"] = now
-        print(json.dumps({"events": seen["n"], "seconds": now - seen["first"],
-                          "done": seen["n"] >= want}), flush=True)
 
 
 if __name__ == "__main__":
