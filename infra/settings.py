@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     streams_db_url: str | None = None
     streams_batch: int = Field(default=2000, ge=1, le=100_000)  # records per transaction
     streams_cache: int = Field(default=100_000, ge=1000)  # folded subjects kept in memory
+    # How long the worker's fetches may wait for data (faust's fixed 1500 ms is too long).
+    streams_fetch_wait_ms: int = Field(default=100, ge=10, le=5000)
     # A changed counter is published at most once per interval, and within one interval.
     snapshot_interval_ms: int = Field(default=1000, ge=50, le=60_000)
     broker_port: int = Field(default=9092, ge=1, le=65535)
