@@ -32,7 +32,7 @@ from producers.store import state_to_row
 from producers.tables import NODE, UtcDateTime
 from producers.tables import dossiers as node_dossiers
 from schemas.codec import decode, encode
-from schemas.events import AnyEvent
+from schemas.events import GENESIS_HASH, AnyEvent
 from schemas.fold import fold
 
 metadata = MetaData()
@@ -45,6 +45,7 @@ events = Table(
     Column("origin_seq", BigInteger, primary_key=True),
     Column("event_id", String(36), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
     Column("dossier_id", String(64), nullable=False),
     Column("occurred_at", UtcDateTime, nullable=False),
     Column("body", LargeBinary, nullable=False),
@@ -68,6 +69,7 @@ class Applied:
     stored: int = 0  # events new to the replica
     duplicates: int = 0  # already held, same bytes
     forks: list[str] = field(default_factory=list)  # refused: another event holds the place
+    broken: list[str] = field(default_factory=list)  # refused: prev_hash breaks the chain
     dossiers: int = 0  # rows re-folded
 
 
@@ -85,31 +87,35 @@ class Replica:
         transaction. Replaying a batch changes nothing."""
         result = Applied()
         with self.engine.begin() as conn:
-            places = [(e.origin, e.origin_seq) for e in batch]
-            held: dict[tuple[str, int], str] = {}
-            for i in range(0, len(places), 400):
-                chunk = places[i:i + 400]
-                origins = sorted({o for o, _ in chunk})
-                seqs = sorted({s for _, s in chunk})
-                for row in conn.execute(select(events.c.origin, events.c.origin_seq,
-                                               events.c.hash)
-                                        .where(events.c.origin.in_(origins),
-                                               events.c.origin_seq.in_(seqs))):
-                    held[(row.origin, row.origin_seq)] = row.hash
+            # the held neighbours of every place in the batch: (hash, prev_hash)
+            wanted = {(e.origin, e.origin_seq + d) for e in batch for d in (-1, 0, 1)}
+            held: dict[tuple[str, int], tuple[str, str]] = {}
+            for origin in sorted({o for o, _ in wanted}):
+                seqs = sorted(s for o, s in wanted if o == origin)
+                for i in range(0, len(seqs), 400):
+                    for row in conn.execute(
+                            select(events.c.origin_seq, events.c.hash, events.c.prev_hash)
+                            .where(events.c.origin == origin,
+                                   events.c.origin_seq.in_(seqs[i:i + 400]))):
+                        held[(origin, row.origin_seq)] = (row.hash, row.prev_hash)
             touched: set[str] = set()
             rows = []
-            for e in batch:
+            for e in sorted(batch, key=lambda e: (e.origin, e.origin_seq)):
                 place = (e.origin, e.origin_seq)
                 if place in held:
-                    if held[place] == e.hash:
+                    if held[place][0] == e.hash:
                         result.duplicates += 1
                     else:
                         result.forks.append(f"{e.origin} seq {e.origin_seq}: event "
                                             f"{e.event_id} differs from the one held")
                     continue
-                held[place] = e.hash
+                reason = _breaks_chain(e, held)
+                if reason is not None:
+                    result.broken.append(reason)
+                    continue
+                held[place] = (e.hash, e.prev_hash)
                 rows.append({"origin": e.origin, "origin_seq": e.origin_seq,
-                             "event_id": e.event_id, "hash": e.hash,
+                             "event_id": e.event_id, "hash": e.hash, "prev_hash": e.prev_hash,
                              "dossier_id": e.dossier_id, "occurred_at": e.occurred_at,
                              "body": encode(e)})
                 touched.add(e.dossier_id)
@@ -133,6 +139,25 @@ class Replica:
                     set_={"next_offset": ins.excluded.next_offset}))
         return result
 
+    def gaps(self) -> dict[str, list[tuple[int, int]]]:
+        """Per origin, the missing seq ranges (first, last) below its highest held seq: a
+        gap is kept until the event arrives (issue 5: "seq 41 arrives, 40 never did")."""
+        seqs: dict[str, list[int]] = {}
+        with self.engine.connect() as conn:
+            for origin, seq in conn.execute(select(events.c.origin, events.c.origin_seq)
+                                            .order_by(events.c.origin, events.c.origin_seq)):
+                seqs.setdefault(origin, []).append(int(seq))
+        out: dict[str, list[tuple[int, int]]] = {}
+        for origin, held in seqs.items():
+            missing, expect = [], 1
+            for seq in held:
+                if seq > expect:
+                    missing.append((expect, seq - 1))
+                expect = seq + 1
+            if missing:
+                out[origin] = missing
+        return out
+
     def rows(self) -> list[dict[str, object]]:
         """Every dossier row, sorted: what two converged replicas agree on."""
         with self.engine.connect() as conn:
@@ -150,6 +175,22 @@ class Replica:
                 conn.execute(delete(table))
 
 
+def _breaks_chain(e: AnyEvent, held: Mapping[tuple[str, int], tuple[str, str]]
+                  ) -> str | None:
+    """Why ``e`` cannot sit in its origin's chain next to what is held, or None."""
+    if e.origin_seq == 1 and e.prev_hash != GENESIS_HASH:
+        return f"{e.origin} seq 1: prev_hash is not the genesis hash"
+    before = held.get((e.origin, e.origin_seq - 1))
+    if before is not None and before[0] != e.prev_hash:
+        return (f"{e.origin} seq {e.origin_seq}: prev_hash does not match the hash of seq "
+                f"{e.origin_seq - 1}")
+    after = held.get((e.origin, e.origin_seq + 1))
+    if after is not None and after[1] != e.hash:
+        return (f"{e.origin} seq {e.origin_seq}: seq {e.origin_seq + 1} held names another "
+                "event as its predecessor")
+    return None
+
+
 def apply_all(replica: Replica, batches: Iterable[Sequence[AnyEvent]]) -> Applied:
     """Apply several batches; the totals of their results."""
     total = Applied()
@@ -158,5 +199,6 @@ def apply_all(replica: Replica, batches: Iterable[Sequence[AnyEvent]]) -> Applie
         total.stored += r.stored
         total.duplicates += r.duplicates
         total.forks.extend(r.forks)
+        total.broken.extend(r.broken)
         total.dossiers += r.dossiers
     return total

@@ -112,3 +112,26 @@ def test_replaying_a_batch_changes_nothing_and_positions_move_with_it(tmp_path: 
     assert again.stored == 0 and again.duplicates == 10
     assert replica.rows() == rows
     assert replica.positions() == {("dossier-events", 3): 10}
+
+
+def test_a_gap_is_kept_until_the_missing_event_arrives(tmp_path: Path) -> None:
+    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    own = sorted((e for e in EVENTS if e.origin == "11977"), key=lambda e: e.origin_seq)
+    replica.apply([own[0], own[1], own[3], own[4]])
+    assert replica.gaps() == {"11977": [(3, 3)]}
+    assert replica.apply([own[2]]).stored == 1
+    assert replica.gaps() == {}
+
+
+def test_an_event_that_breaks_its_origins_chain_is_refused(tmp_path: Path) -> None:
+    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    chain = Chain("13225")
+    first = chain.emit("dossier.received", "D-13225-000001", T0,
+                       receiving_node="13225")
+    chain.head = "0" * 64  # the next event names a predecessor that never existed
+    second = chain.emit("dossier.status_changed", "D-13225-000001", T0 + timedelta(hours=1))
+    replica.apply([first])
+    before = replica.rows()
+    result = replica.apply([second])
+    assert result.stored == 0 and "prev_hash does not match" in result.broken[0]
+    assert replica.rows() == before
