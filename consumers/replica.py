@@ -118,7 +118,8 @@ class Replica:
                              "event_id": e.event_id, "hash": e.hash, "prev_hash": e.prev_hash,
                              "dossier_id": e.dossier_id, "occurred_at": e.occurred_at,
                              "body": encode(e)})
-                touched.add(e.dossier_id)
+                if e.type.startswith("dossier."):  # calls are kept for their chain only
+                    touched.add(e.dossier_id)
             if rows:
                 conn.execute(events.insert(), rows)
                 result.stored = len(rows)
