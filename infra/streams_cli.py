@@ -98,36 +98,23 @@ def render(fig: Figures) -> str:
 
 
 def cmd_dead_letters(args: argparse.Namespace, settings: Settings, say: Say) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
     from schemas.deadletter import parse
+    from streams.reader import read_to_end
 
     topic = settings.topic_prefix + DEAD_LETTERS
-    consumer = KafkaConsumer(**settings.kafka_config(settings.bootstrap), group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             consumer_timeout_ms=int(args.timeout * 1000))
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        shown = 0
-        for rec in consumer:
-            body = parse(rec.value)
-            src = body["source"]
-            if args.json:
-                body.pop("original")
-                say(json.dumps(body, ensure_ascii=False))
-            else:
-                say(f"{body['rejected_at']}  {src['topic']}[{src['partition']}]@{src['offset']}"
-                    f"  by {body['stage']}: {body['reason']}")
-            shown += 1
-            if all(consumer.position(tp) >= (consumer.highwater(tp) or 0) for tp in tps):
-                break
-        if not args.json:
-            say(f"{shown} dead letters on {topic}")
-    finally:
-        consumer.close()
+    shown = 0
+    for rec in read_to_end(settings.kafka_config(settings.bootstrap), topic, args.timeout):
+        body = parse(rec.value)
+        src = body["source"]
+        if args.json:
+            body.pop("original")
+            say(json.dumps(body, ensure_ascii=False))
+        else:
+            say(f"{body['rejected_at']}  {src['topic']}[{src['partition']}]@{src['offset']}"
+                f"  by {body['stage']}: {body['reason']}")
+        shown += 1
+    if not args.json:
+        say(f"{shown} dead letters on {topic}")
     return 0
 
 
@@ -150,5 +137,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: S
 
     p = sub.add_parser("dead-letters", help="list rejected messages with their reasons")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(func=lambda a, s: cmd_dead_letters(a, s, say))

@@ -11,19 +11,50 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 from schemas.counters import Figures, figures, is_day
 from schemas.errors import MotcuaError
 
 
-class CountersUnavailable(MotcuaError):
-    """The counters topic could not be read to its end in time."""
+class TopicUnreadable(MotcuaError):
+    """A topic is missing, or could not be read to its end in time."""
+
+
+def read_to_end(kafka_config: dict[str, Any], topic: str, timeout: float = 30.0
+                ) -> Iterator[ConsumerRecord]:
+    """Every record of ``topic`` from the start to its end, without a consumer group. The
+    end is the high watermark seen in fetch responses (the embedded broker's ListOffsets is
+    too low: DESIGN.md "Known facts"); a partition whose high watermark is not known yet is
+    not at its end."""
+    consumer = KafkaConsumer(**kafka_config, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise TopicUnreadable(f"topic {topic!r} does not exist (run `motcua topics "
+                                  "create` or `motcua up`)")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while True:
+            for records in consumer.poll(timeout_ms=200, max_records=50_000).values():
+                yield from records
+            if all(_at_end(consumer, tp) for tp in tps):
+                return
+            if time.monotonic() > deadline:
+                raise TopicUnreadable(f"could not read {topic} to its end in {timeout:g} s "
+                                      "(is the broker up?)")
+    finally:
+        consumer.close()
 
 
 @dataclass(frozen=True)
@@ -37,38 +68,17 @@ class Snapshot:
 
 def read_snapshots(kafka_config: dict[str, Any], topic: str, timeout: float = 30.0
                    ) -> dict[str, Snapshot]:
-    """The latest snapshot of every key, reading ``topic`` from the start to its end. The
-    end is the high watermark seen in fetch responses (the embedded broker's ListOffsets is
-    too low: DESIGN.md "Known facts")."""
-    consumer = KafkaConsumer(**kafka_config, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=100)
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise CountersUnavailable(f"topic {topic!r} does not exist (run `motcua topics "
-                                      "create` or `motcua up`)")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        latest: dict[str, Snapshot] = {}
-        deadline = time.monotonic() + timeout
-        while True:
-            for records in consumer.poll(timeout_ms=200, max_records=50_000).values():
-                for rec in records:
-                    snap = _parse(rec.value)
-                    if snap is None:
-                        continue
-                    key = rec.key.decode() if rec.key else ""
-                    kept = latest.get(key)
-                    if kept is None or snap.next_offset >= kept.next_offset:
-                        latest[key] = snap
-            if all(_at_end(consumer, tp) for tp in tps):
-                return latest
-            if time.monotonic() > deadline:
-                raise CountersUnavailable(f"could not read {topic} to its end in {timeout:g} s "
-                                          "(is the broker up?)")
-    finally:
-        consumer.close()
+    """The latest snapshot of every key of the counters ``topic``."""
+    latest: dict[str, Snapshot] = {}
+    for rec in read_to_end(kafka_config, topic, timeout):
+        snap = _parse(rec.value)
+        if snap is None:
+            continue
+        key = rec.key.decode() if rec.key else ""
+        kept = latest.get(key)
+        if kept is None or snap.next_offset >= kept.next_offset:
+            latest[key] = snap
+    return latest
 
 
 def _at_end(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
