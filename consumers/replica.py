@@ -10,7 +10,7 @@ the positions. Same set of events in, same rows out, whatever the order or the d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
@@ -26,12 +26,13 @@ from sqlalchemy import (
     delete,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from infra.db import insert_for
 from producers.store import state_to_row
 from producers.tables import NODE, UtcDateTime
 from producers.tables import dossiers as node_dossiers
 from schemas.codec import decode, encode
+from schemas.counters import is_call_event
 from schemas.events import GENESIS_HASH, AnyEvent
 from schemas.fold import fold
 
@@ -72,13 +73,20 @@ class Applied:
     broken: list[str] = field(default_factory=list)  # refused: prev_hash breaks the chain
     dossiers: int = 0  # rows re-folded
 
+    def add(self, other: Applied) -> None:
+        """Add another batch's result to this running total."""
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.forks.extend(other.forks)
+        self.broken.extend(other.broken)
+        self.dossiers += other.dossiers
+
 
 class Replica:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
-        self._insert = (postgresql.insert if engine.dialect.name == "postgresql"
-                        else sqlite.insert)
+        self._insert = insert_for(engine.dialect.name)
 
     def apply(self, batch: Sequence[AnyEvent],
               moved: Mapping[tuple[str, int], int] | None = None) -> Applied:
@@ -118,7 +126,7 @@ class Replica:
                              "event_id": e.event_id, "hash": e.hash, "prev_hash": e.prev_hash,
                              "dossier_id": e.dossier_id, "occurred_at": e.occurred_at,
                              "body": encode(e)})
-                if e.type.startswith("dossier."):  # calls are kept for their chain only
+                if not is_call_event(e):  # calls are kept for their chain only
                     touched.add(e.dossier_id)
             if rows:
                 conn.execute(events.insert(), rows)
@@ -190,16 +198,3 @@ def _breaks_chain(e: AnyEvent, held: Mapping[tuple[str, int], tuple[str, str]]
         return (f"{e.origin} seq {e.origin_seq}: seq {e.origin_seq + 1} held names another "
                 "event as its predecessor")
     return None
-
-
-def apply_all(replica: Replica, batches: Iterable[Sequence[AnyEvent]]) -> Applied:
-    """Apply several batches; the totals of their results."""
-    total = Applied()
-    for batch in batches:
-        r = replica.apply(batch)
-        total.stored += r.stored
-        total.duplicates += r.duplicates
-        total.forks.extend(r.forks)
-        total.broken.extend(r.broken)
-        total.dossiers += r.dossiers
-    return total

@@ -19,11 +19,10 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from consumers.replica import Applied, Replica
-from schemas.codec import decode
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
-from schemas.integrity import KeyRegistry, verify
+from schemas.integrity import KeyRegistry, checked_event
 from schemas.topics import DEAD_LETTERS, DOSSIER_EVENTS, HOTLINE_EVENTS
 
 log = logging.getLogger("motcua.sync")
@@ -71,14 +70,7 @@ class SyncConsumer:
             for rec in records:
                 moved[(tp.topic, tp.partition)] = rec.offset + 1
                 try:
-                    if rec.value is None:
-                        raise MotcuaError("<record>: no value (a tombstone)")
-                    event = decode(rec.value)
-                    verify(event, self.registry)
-                    if rec.key != event.dossier_id.encode():
-                        raise MotcuaError(f"<key>: record key {rec.key!r} is not the "
-                                          f"dossier id {event.dossier_id!r}")
-                    events.append(event)
+                    events.append(checked_event(rec.key, rec.value, self.registry))
                 except MotcuaError as exc:
                     dead.append(DeadLetter.of(exc, source_topic=tp.topic,
                                               partition=tp.partition, offset=rec.offset,
@@ -93,8 +85,4 @@ class SyncConsumer:
         result = self.replica.apply(events, moved)
         for reason in result.forks + result.broken:
             log.warning("refused: %s", reason)
-        self.applied.stored += result.stored
-        self.applied.duplicates += result.duplicates
-        self.applied.forks.extend(result.forks)
-        self.applied.broken.extend(result.broken)
-        self.applied.dossiers += result.dossiers
+        self.applied.add(result)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def insert_for(dialect_name: str) -> Callable[..., Any]:
+    """The dialect's INSERT (with ON CONFLICT): SQLite and PostgreSQL spell upserts alike."""
+    return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
 
 
 def make_engine(url: str, *, schema: str | None = None, sqlite_sync: str = "FULL",

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from infra.db import insert_for
 from producers.tables import dossiers, node_heads, outbox
 from schemas.codec import decode, encode
 from schemas.enums import Channel, DossierStatus
@@ -53,8 +54,7 @@ _UPDATE_DOSSIER = update(dossiers).where(dossiers.c.dossier_id == bindparam("key
 
 def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING, on PostgreSQL and SQLite."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing())
+    conn.execute(insert_for(conn.dialect.name)(table).values(values).on_conflict_do_nothing())
 
 
 def lock_head(conn: Connection, node: str) -> tuple[int, str]:

@@ -225,12 +225,16 @@ def is_call_event(event: AnyEvent) -> bool:
     return event.type.startswith("hotline.")
 
 
-def subject_contribution(events: Iterable[AnyEvent]) -> Contribution:
-    """The contribution of one subject (a dossier or a call) from its events."""
-    events = list(events)
-    if events and is_call_event(events[0]):
-        return call_contribution(fold_call(events))
-    return dossier_contribution(fold(events))
+def fold_subject(events: Iterable[AnyEvent], calls: bool) -> DossierState | CallState | None:
+    """A dossier's (``calls`` False) or a hotline call's state from its events."""
+    return fold_call(events) if calls else fold(events)
+
+
+def contribution(state: DossierState | CallState | None) -> Contribution:
+    """What a dossier or call in this state adds to the counters."""
+    if isinstance(state, CallState):
+        return call_contribution(state)
+    return dossier_contribution(state)
 
 
 def recount(events: Iterable[AnyEvent]) -> dict[CounterKey, int]:
@@ -241,7 +245,8 @@ def recount(events: Iterable[AnyEvent]) -> dict[CounterKey, int]:
         by_subject[(is_call_event(e), e.dossier_id)].append(e)
     totals: dict[CounterKey, int] = defaultdict(int)
     for subject_events in by_subject.values():
-        for key, value in subject_contribution(subject_events).items():
+        calls = is_call_event(subject_events[0])
+        for key, value in contribution(fold_subject(subject_events, calls)).items():
             totals[key] += value
     return {k: v for k, v in totals.items() if v}
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from schemas.codec import content_hash
-from schemas.errors import BadHash, BadSignature, UnknownOrigin
+from schemas.codec import content_hash, decode
+from schemas.errors import BadHash, BadSignature, MotcuaError, UnknownOrigin
 from schemas.events import AnyEvent, Event, Payload
 from schemas.ids import new_event_id
 from schemas.upcasters import CURRENT_VERSION
@@ -110,3 +110,22 @@ def verify(event: AnyEvent, registry: KeyRegistry | None) -> None:
         raise BadSignature(event.event_id, event.origin,
                            f"signature does not verify with {event.origin}'s public key "
                            "(forged, or signed by another node)") from None
+
+
+def checked_event(key: bytes | None, value: bytes | None, registry: KeyRegistry | None,
+                  *, signatures: bool = True) -> AnyEvent:
+    """The event in a Kafka record keyed by its subject, or ``MotcuaError`` saying why it
+    cannot be taken: no value, not an event (``decode``), not intact or not signed by its
+    origin (``verify``; skipped with ``signatures=False``, benchmarks only), or a record key
+    other than its subject id (its events would split across partitions). What every
+    consumer of the event topics checks before anything else."""
+    if value is None:
+        raise MotcuaError("<record>: no value (a tombstone); an event was expected")
+    event = decode(value)
+    if signatures:
+        verify(event, registry)
+    if key != event.dossier_id.encode():
+        raise MotcuaError(f"<key>: record key {key!r} is not the subject id "
+                          f"{event.dossier_id!r}; keyed so, its events would split across "
+                          "partitions")
+    return event

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, bindparam, delete, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from infra.db import insert_for
 from schemas.codec import decode
 from schemas.counters import (
     RULES_VERSION,
@@ -26,16 +26,16 @@ from schemas.counters import (
     Contribution,
     CounterKey,
     apply_call,
-    call_contribution,
+    contribution,
     diff,
-    dossier_contribution,
-    fold_call,
+    fold_subject,
+    is_call_event,
 )
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
-from schemas.fold import DossierState, apply, event_key, fold
-from schemas.integrity import KeyRegistry, verify
+from schemas.fold import DossierState, apply, event_key
+from schemas.integrity import KeyRegistry, checked_event
 from streams import tables as t
 
 DOSSIERS = "dossier"
@@ -50,16 +50,6 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-
-
-def _fold(kind: str, events: list[AnyEvent]) -> DossierState | CallState | None:
-    return fold(events) if kind == DOSSIERS else fold_call(events)
-
-
-def _contribution(state: DossierState | CallState | None) -> Contribution:
-    if isinstance(state, CallState):
-        return call_contribution(state)
-    return dossier_contribution(state)
 
 
 # Built once: composing a statement per call showed up in profiles of the worker.
@@ -140,8 +130,6 @@ class Batch:
     rewinds: dict[TP, int] = field(default_factory=dict)  # tp -> offset to seek back to
     touched: dict[tuple[str, str], _Subject] = field(default_factory=dict)
     deltas: dict[TP, dict[CounterKey, int]] = field(default_factory=dict)
-    applied: int = 0
-    duplicates: int = 0
 
 
 class Processor:
@@ -151,16 +139,15 @@ class Processor:
         CALLS). ``registry`` None turns signature verification off (benchmarks only)."""
         self.engine = engine
         self.kinds = dict(topics)
+        self.topic_of = {kind: topic for topic, kind in self.kinds.items()}
         self.registry = registry
-        self.verify = registry is not None
         self.worker = worker
         self.stage = stage
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], _Subject] = OrderedDict()
         self._pos: dict[TP, int] = {}
         self.refolded = _open_store(engine)
-        self._insert = (postgresql.insert if engine.dialect.name == "postgresql"
-                        else sqlite.insert)
+        self._insert = insert_for(engine.dialect.name)
         self._sql = _upserts("%s" if engine.dialect.name == "postgresql" else "?")
 
     # --- positions -----------------------------------------------------------------------
@@ -215,8 +202,7 @@ class Processor:
             tp = (rec.topic, rec.partition)
             expected = self._pos[tp]
             if rec.offset < expected:
-                batch.duplicates += 1  # redelivered below the stored position
-                continue
+                continue  # redelivered below the stored position
             if rec.offset > expected:
                 # Our consumer is ahead of the store (a lost store, Kafka's committed offset
                 # beyond ours, or records fetched before a seek back): never skip forward.
@@ -239,17 +225,13 @@ class Processor:
             if key not in before:
                 before[key] = subject.contribution
             if self._add(key[0], subject, event, rec.value or b""):
-                batch.applied += 1
                 batch.touched[key] = subject
-            else:
-                batch.duplicates += 1
-        topic_of = {kind: topic for topic, kind in self.kinds.items()}
         for key, subject in batch.touched.items():
-            new = _contribution(subject.state)
+            new = contribution(subject.state)
             delta = diff(before[key], new)
             subject.contribution = new
             if delta:
-                into = batch.deltas.setdefault((topic_of[key[0]], subject.partition), {})
+                into = batch.deltas.setdefault((self.topic_of[key[0]], subject.partition), {})
                 for ck, v in delta.items():
                     into[ck] = into.get(ck, 0) + v
         self._trim()
@@ -257,21 +239,11 @@ class Processor:
 
     def _check(self, rec: Record, batch: Batch) -> AnyEvent | None:
         """The event in a record, or None after adding a dead letter that says why not."""
-        kind = self.kinds[rec.topic]
         try:
-            if rec.value is None:
-                raise MotcuaError("<record>: no value (a tombstone); an event was expected")
-            event = decode(rec.value)
-            if self.verify:
-                verify(event, self.registry)
-            is_call = event.type.startswith("hotline.")
-            if is_call != (kind == CALLS):
+            event = checked_event(rec.key, rec.value, self.registry,
+                                  signatures=self.registry is not None)
+            if is_call_event(event) != (self.kinds[rec.topic] == CALLS):
                 raise MotcuaError(f"type: {event.type!r} does not belong on {rec.topic}")
-            if rec.key != event.dossier_id.encode():
-                raise MotcuaError(
-                    f"<key>: record key {rec.key!r} is not the subject id "
-                    f"{event.dossier_id!r}; keyed so, its events would split across "
-                    "partitions")
             return event
         except MotcuaError as exc:
             batch.dead.append(DeadLetter.of(exc, source_topic=rec.topic,
@@ -281,7 +253,6 @@ class Processor:
 
     def _load_subjects(self, wanted: Mapping[tuple[str, str], int]) -> None:
         missing = [k for k in wanted if k not in self._cache]
-        topic_of = {kind: topic for topic, kind in self.kinds.items()}
         stored: dict[tuple[str, str], bytes] = {}
         by_kind: dict[str, list[str]] = defaultdict(list)
         for kind, sid in missing:
@@ -293,7 +264,8 @@ class Processor:
                 # over the pair is a table scan in SQLite)
                 for i in range(0, len(ids), 500):
                     for row in conn.execute(select(c.subject_id, c.events).where(
-                            c.topic == topic_of[kind], c.subject_id.in_(ids[i:i + 500]))):
+                            c.topic == self.topic_of[kind],
+                            c.subject_id.in_(ids[i:i + 500]))):
                         stored[(kind, row.subject_id)] = bytes(row.events)
         for key in missing:
             subject = _Subject(wanted[key])
@@ -302,8 +274,8 @@ class Processor:
                 subject.raws = blob.split(b"\n")
                 events = [decode(raw) for raw in subject.raws]  # verified when first taken
                 subject.ids = {(e.event_id, e.hash) for e in events}
-                subject.state = _fold(key[0], events)
-                subject.contribution = _contribution(subject.state)
+                subject.state = fold_subject(events, key[0] == CALLS)
+                subject.contribution = contribution(subject.state)
             self._cache[key] = subject
         for key in wanted:
             self._cache.move_to_end(key)
@@ -323,9 +295,9 @@ class Processor:
             subject.state = (apply(state, event) if isinstance(state, DossierState)
                              else apply_call(state, event))
         elif state is None:
-            subject.state = _fold(kind, [event])
+            subject.state = fold_subject([event], kind == CALLS)
         else:  # sorts before the latest event, ties with it, or reuses an id: re-fold all
-            subject.state = _fold(kind, [decode(r) for r in subject.raws])
+            subject.state = fold_subject([decode(r) for r in subject.raws], kind == CALLS)
         return True
 
     def _trim(self) -> None:
@@ -341,7 +313,6 @@ class Processor:
         if not batch.moves:
             return {}
         version = time.time_ns()
-        topic_of = {kind: topic for topic, kind in self.kinds.items()}
         dead_by_tp: dict[TP, int] = defaultdict(int)
         for d in batch.dead:
             dead_by_tp[(d.source_topic, d.partition)] += 1
@@ -361,7 +332,7 @@ class Processor:
                 # the writes themselves (the relay found the same)
                 if batch.touched:
                     conn.exec_driver_sql(self._sql["subjects"], [
-                        (topic_of[kind], sid, s.partition, b"\n".join(s.raws))
+                        (self.topic_of[kind], sid, s.partition, b"\n".join(s.raws))
                         for (kind, sid), s in batch.touched.items()])
                 rows = [(tp[0], tp[1], k[0], k[1], k[2], v)
                         for tp, delta in batch.deltas.items() for k, v in delta.items() if v]
@@ -442,7 +413,7 @@ class Processor:
             return [((r.topic, r.partition), r.scope, r.period) for r in rows]
 
     def counters(self, topic: str | None = None) -> dict[CounterKey, int]:
-        """Every counter summed over partitions (tests and `motcua streams status`)."""
+        """Every counter summed over partitions (the tests compare it with a recount)."""
         totals: dict[CounterKey, int] = defaultdict(int)
         query = select(t.counters.c.scope, t.counters.c.period, t.counters.c.measure,
                        t.counters.c.value)

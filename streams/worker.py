@@ -70,7 +70,7 @@ class StreamWorker:
                                          value_serializer="raw", internal=False)
         self._lock = asyncio.Lock()  # one batch at a time, and no rebalance inside one
         self._pending_checked = 0.0
-        self.dirty: dict[SnapshotKey, float] = {}
+        self.dirty: set[SnapshotKey] = set()  # changed since last published
         self.last_published: dict[SnapshotKey, float] = {}
         self._sought: dict[TP, tuple[int, float]] = {}
         self.assigned: set[TP] = set()
@@ -145,18 +145,15 @@ class StreamWorker:
                 log.warning("dead letter %s[%d]@%d: %s", dead.source_topic,
                             dead.partition, dead.offset, dead.reason)
         changed = self.processor.commit(batch)
-        now = time.monotonic()
-        for tp, keys in changed.items():
-            for scope, period in keys:
-                self.dirty.setdefault((tp, scope, period), now)
+        self.dirty.update((tp, scope, period) for tp, keys in changed.items()
+                          for scope, period in keys)
         for tp, offset in batch.rewinds.items():
             await self._seek(tp, offset)
 
     def _reload_pending(self) -> None:
         """Snapshot marks in the store for our partitions (left by a crash, or by a batch
         another worker committed just before handing a partition over)."""
-        for key in self.processor.pending(self.assigned):
-            self.dirty.setdefault(key, 0.0)
+        self.dirty.update(self.processor.pending(self.assigned))
 
     async def _seek(self, tp: TP, offset: int) -> None:
         last = self._sought.get(tp)
@@ -205,8 +202,7 @@ class StreamWorker:
         if not gone:
             return
         self.processor.forget(gone)
-        for key in [k for k in self.dirty if k[0] in gone]:
-            del self.dirty[key]
+        self.dirty = {k for k in self.dirty if k[0] not in gone}
 
     # --- snapshots -----------------------------------------------------------------------
 
@@ -247,16 +243,12 @@ class StreamWorker:
                and now - self.last_published.get(k, -1e9) >= self.interval][:MAX_ROUND]
         if not due:
             return
-        for key in due:
-            del self.dirty[key]
-        failed = True
+        self.dirty.difference_update(due)
         try:
             await self._send_snapshots(due, now)
-            failed = False
-        finally:
-            if failed:  # put them back: published next tick
-                for key in due:
-                    self.dirty.setdefault(key, now)
+        except BaseException:
+            self.dirty.update(due)  # published next tick
+            raise
 
     async def _send_snapshots(self, due: list[SnapshotKey], now: float) -> None:
         stamp = datetime.now(UTC).isoformat()
