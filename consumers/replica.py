@@ -1,21 +1,40 @@
-"""A site's or commune's replica of dossiers (issue 5, first part): events in, rows out.
+"""A site's or commune's replica (issue 5): verified events in, rows out, exactly once.
 
 ``Replica.apply`` takes verified events and the source positions they came from, and in ONE
-transaction stores the distinct events, re-folds every dossier they touch from all of its
-stored events (``schemas.fold``, the same fold the node stores and the stream worker use),
-writes the dossier rows in the node store's own row format (``producers.store``), and moves
-the positions. Same set of events in, same rows out, whatever the order or the duplicates
-(DESIGN.md G3). The Kafka consumer, chain-gap tracking and ``motcua sync`` come next.
+transaction stores the distinct events, brings every dossier (and, at a site, every hotline
+call) they touch up to date with the same fold the node stores and the stream worker use
+(``schemas.fold``), writes the rows in the node store's own row format (``producers.tables``),
+and moves the positions. Same set of events in, same rows out, whatever the order or the
+duplicates (DESIGN.md G3); a replayed batch changes nothing.
+
+What a replica refuses (G6), and reports through ``before_commit`` so the caller can write
+dead letters before the positions move past them:
+
+- a fork: another event already holds the same place (origin, origin_seq), or the same
+  event_id at another place;
+- a chain break: the event's prev_hash is not the hash of the origin's previous event held,
+  or the next event held names another predecessor.
+
+A missing event (seq 41 held, 40 never arrived) is a gap, not an error: the later event is
+kept, ``gaps()`` reports the hole until it is filled.
+
+A site keeps every dossier; a commune keeps the dossiers it received, handled or returned
+(the receiving node, or the origin of any of the dossier's events). Every replica keeps
+every event: an origin's chain can only be checked whole, and a dossier may concern a
+commune only from a late event on, when its earlier events must be folded too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Engine,
     Index,
     Integer,
@@ -23,18 +42,26 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    bindparam,
     delete,
+    func,
     select,
+    text,
+    update,
 )
 
 from infra.db import insert_for
-from producers.store import state_to_row
+from infra.nodes import get_node
+from producers.store import state_from_row, state_to_row
 from producers.tables import NODE, UtcDateTime
 from producers.tables import dossiers as node_dossiers
+from producers.tables import hotline_calls as node_calls
 from schemas.codec import decode, encode
-from schemas.counters import is_call_event
-from schemas.events import GENESIS_HASH, AnyEvent
-from schemas.fold import fold
+from schemas.counters import fold_call, is_call_event
+from schemas.errors import MotcuaError
+from schemas.events import GENESIS_HASH, AnyEvent, DossierReceived
+from schemas.fold import DossierState, apply, event_key, fold, in_fold_order
 
 metadata = MetaData()
 
@@ -44,7 +71,7 @@ events = Table(
     "replica_events", metadata,
     Column("origin", NODE, primary_key=True),
     Column("origin_seq", BigInteger, primary_key=True),
-    Column("event_id", String(36), nullable=False),
+    Column("event_id", String(36), nullable=False, unique=True),
     Column("hash", String(64), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("dossier_id", String(64), nullable=False),
@@ -53,8 +80,9 @@ events = Table(
 )
 Index("ix_replica_events_dossier", events.c.dossier_id)
 
-#: The dossier rows, in the node store's format (so "row for row" can be checked).
+#: The rows, in the node store's format (so "row for row" can be checked).
 dossiers = node_dossiers.to_metadata(metadata)
+calls = node_calls.to_metadata(metadata)
 
 #: Where each source partition was applied up to, written with the rows it produced.
 positions = Table(
@@ -64,107 +92,262 @@ positions = Table(
     Column("next_offset", BigInteger, nullable=False),
 )
 
+#: One row: whose replica this is, and what ``motcua sync status`` shows besides the lag.
+status = Table(
+    "replica_status", metadata,
+    Column("node", NODE, primary_key=True),
+    Column("stored", BigInteger, nullable=False),  # distinct events held
+    Column("refused", BigInteger, nullable=False),  # forks and chain breaks
+    Column("dead_letters", BigInteger, nullable=False),  # every record sent to dead-letters
+    Column("applied_at", UtcDateTime),  # the last transaction that applied records
+    Column("seen_at", UtcDateTime),  # the consumer's last sign of life
+    Column("last_error", Text),
+    Column("last_error_at", UtcDateTime),
+)
+
+
+class ReplicaMismatch(MotcuaError):
+    """The database holds another node's replica."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    event: AnyEvent
+    reason: str
+
 
 @dataclass
 class Applied:
     stored: int = 0  # events new to the replica
     duplicates: int = 0  # already held, same bytes
-    forks: list[str] = field(default_factory=list)  # refused: another event holds the place
-    broken: list[str] = field(default_factory=list)  # refused: prev_hash breaks the chain
-    dossiers: int = 0  # rows re-folded
+    refused: list[Refusal] = field(default_factory=list)  # forks and chain breaks
+    dossiers: int = 0  # dossier rows written
+    calls: int = 0  # hotline call rows written
 
     def add(self, other: Applied) -> None:
         """Add another batch's result to this running total."""
         self.stored += other.stored
         self.duplicates += other.duplicates
-        self.forks.extend(other.forks)
-        self.broken.extend(other.broken)
+        self.refused.extend(other.refused)
         self.dossiers += other.dossiers
+        self.calls += other.calls
+
+
+BeforeCommit = Callable[[Sequence[Refusal]], None]
+
+_HELD = select(events.c.origin_seq, events.c.hash, events.c.prev_hash).where(
+    events.c.origin == bindparam("origin"), events.c.origin_seq.in_(bindparam("seqs",
+                                                                              expanding=True)))
+_HELD_IDS = select(events.c.event_id).where(events.c.event_id.in_(bindparam("ids",
+                                                                            expanding=True)))
+_BODIES = select(events.c.dossier_id, events.c.body).where(
+    events.c.dossier_id.in_(bindparam("ids", expanding=True)))
+_ROWS = select(dossiers).where(dossiers.c.dossier_id.in_(bindparam("ids", expanding=True)))
+_CHUNK = 500  # ids per IN list: well under SQLite's and psycopg's parameter limits
 
 
 class Replica:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, node: str = "site-phohien") -> None:
+        """The replica of ``node`` in ``engine`` (created if empty). A site keeps everything;
+        a commune its own dossiers. A database that holds another node's replica is
+        refused: mixing two nodes' rows would make both wrong."""
         self.engine = engine
+        self.node = get_node(node).id
+        self.is_site = get_node(node).is_site
         metadata.create_all(engine)
         self._insert = insert_for(engine.dialect.name)
+        with engine.begin() as conn:
+            held = conn.execute(select(status.c.node)).scalars().all()
+            if not held:
+                conn.execute(status.insert().values(node=self.node, stored=0, refused=0,
+                                                    dead_letters=0))
+            elif list(held) != [self.node]:
+                raise ReplicaMismatch(f"{engine.url.render_as_string(hide_password=True)} "
+                                      f"holds the replica of {', '.join(held)}, not "
+                                      f"{self.node}: give each node its own database")
+
+    # --- applying ---------------------------------------------------------------------------
 
     def apply(self, batch: Sequence[AnyEvent],
-              moved: Mapping[tuple[str, int], int] | None = None) -> Applied:
-        """Store ``batch`` (dossier events, already verified) and re-fold what it touches,
-        with the source positions ``moved`` ({(topic, partition): next offset}), all in one
-        transaction. Replaying a batch changes nothing."""
+              moved: Mapping[tuple[str, int], int] | None = None, *,
+              dead_letters: int = 0,
+              before_commit: BeforeCommit | None = None) -> Applied:
+        """Store ``batch`` (verified events) and bring the rows it touches up to date, with
+        the source positions ``moved`` ({(topic, partition): next offset}), in one
+        transaction. ``before_commit`` gets the refusals inside the transaction, to write
+        them to dead-letters with the ``dead_letters`` records the caller rejected itself
+        (if it raises, nothing is committed). Replaying a batch changes nothing."""
         result = Applied()
         with self.engine.begin() as conn:
-            # the held neighbours of every place in the batch: (hash, prev_hash)
-            wanted = {(e.origin, e.origin_seq + d) for e in batch for d in (-1, 0, 1)}
-            held: dict[tuple[str, int], tuple[str, str]] = {}
-            for origin in sorted({o for o, _ in wanted}):
-                seqs = sorted(s for o, s in wanted if o == origin)
-                for i in range(0, len(seqs), 400):
-                    for row in conn.execute(
-                            select(events.c.origin_seq, events.c.hash, events.c.prev_hash)
-                            .where(events.c.origin == origin,
-                                   events.c.origin_seq.in_(seqs[i:i + 400]))):
-                        held[(origin, row.origin_seq)] = (row.hash, row.prev_hash)
-            touched: set[str] = set()
-            rows = []
-            for e in sorted(batch, key=lambda e: (e.origin, e.origin_seq)):
-                place = (e.origin, e.origin_seq)
-                if place in held:
-                    if held[place][0] == e.hash:
-                        result.duplicates += 1
-                    else:
-                        result.forks.append(f"{e.origin} seq {e.origin_seq}: event "
-                                            f"{e.event_id} differs from the one held")
-                    continue
-                reason = _breaks_chain(e, held)
-                if reason is not None:
-                    result.broken.append(reason)
-                    continue
-                held[place] = (e.hash, e.prev_hash)
-                rows.append({"origin": e.origin, "origin_seq": e.origin_seq,
-                             "event_id": e.event_id, "hash": e.hash, "prev_hash": e.prev_hash,
-                             "dossier_id": e.dossier_id, "occurred_at": e.occurred_at,
-                             "body": encode(e)})
-                if not is_call_event(e):  # calls are kept for their chain only
-                    touched.add(e.dossier_id)
-            if rows:
-                conn.execute(events.insert(), rows)
-                result.stored = len(rows)
-            for dossier_id in sorted(touched):
-                stored = [decode(bytes(b)) for b in conn.execute(
-                    select(events.c.body).where(events.c.dossier_id == dossier_id)).scalars()]
-                state = fold(stored)
-                if state is None:
-                    continue
-                conn.execute(delete(dossiers).where(dossiers.c.dossier_id == dossier_id))
-                conn.execute(dossiers.insert().values(state_to_row(state)))
-                result.dossiers += 1
+            kept = self._store(conn, batch, result)
+            self._fold_dossiers(conn, [e for e in kept if not is_call_event(e)], result)
+            if self.is_site:
+                self._fold_calls(conn, {e.dossier_id for e in kept if is_call_event(e)},
+                                 result)
             for (topic, partition), next_offset in (moved or {}).items():
                 ins = self._insert(positions).values(topic=topic, partition=partition,
                                                      next_offset=next_offset)
                 conn.execute(ins.on_conflict_do_update(
                     index_elements=["topic", "partition"],
                     set_={"next_offset": ins.excluded.next_offset}))
+            if before_commit is not None:
+                before_commit(result.refused)
+                dead_letters += len(result.refused)
+            now = datetime.now(UTC)
+            changes: dict[str, object] = {
+                "stored": status.c.stored + result.stored,
+                "refused": status.c.refused + len(result.refused),
+                "dead_letters": status.c.dead_letters + dead_letters, "seen_at": now}
+            if batch or moved:
+                changes["applied_at"] = now
+            if result.refused:
+                changes.update(last_error=f"refused: {result.refused[-1].reason}",
+                               last_error_at=now)
+            conn.execute(update(status).values(**changes))
         return result
+
+    def _store(self, conn: Connection, batch: Sequence[AnyEvent], result: Applied
+               ) -> list[AnyEvent]:
+        """Insert the batch's new events; returns them. Duplicates are counted, forks and
+        chain breaks refused."""
+        wanted: dict[str, set[int]] = defaultdict(set)
+        for e in batch:
+            wanted[e.origin].update((e.origin_seq - 1, e.origin_seq, e.origin_seq + 1))
+        held: dict[tuple[str, int], tuple[str, str]] = {}  # place -> (hash, prev_hash)
+        for origin, seqs in wanted.items():
+            ordered = sorted(seqs)
+            for i in range(0, len(ordered), _CHUNK):
+                for row in conn.execute(_HELD, {"origin": origin,
+                                                "seqs": ordered[i:i + _CHUNK]}):
+                    held[(origin, row.origin_seq)] = (row.hash, row.prev_hash)
+        ids = sorted({e.event_id for e in batch})
+        taken: set[str] = set()
+        for i in range(0, len(ids), _CHUNK):
+            taken.update(conn.execute(_HELD_IDS, {"ids": ids[i:i + _CHUNK]}).scalars())
+        kept: list[AnyEvent] = []
+        seen: dict[str, tuple[str, int]] = {}  # event_id -> place, within this batch
+        for e in sorted(batch, key=lambda e: (e.origin, e.origin_seq)):
+            place = (e.origin, e.origin_seq)
+            if place in held:
+                if held[place][0] == e.hash:
+                    result.duplicates += 1
+                else:
+                    result.refused.append(Refusal(e, f"fork: {e.origin} seq {e.origin_seq} "
+                                                     f"is held by another event than "
+                                                     f"{e.event_id}"))
+                continue
+            if e.event_id in taken or e.event_id in seen:
+                result.refused.append(Refusal(e, f"fork: event_id {e.event_id} is held at "
+                                                 f"another place than {e.origin} seq "
+                                                 f"{e.origin_seq}"))
+                continue
+            reason = _breaks_chain(e, held)
+            if reason is not None:
+                result.refused.append(Refusal(e, f"chain break: {reason}"))
+                continue
+            held[place] = (e.hash, e.prev_hash)
+            seen[e.event_id] = place
+            kept.append(e)
+        if kept:
+            conn.execute(events.insert(), [{
+                "origin": e.origin, "origin_seq": e.origin_seq, "event_id": e.event_id,
+                "hash": e.hash, "prev_hash": e.prev_hash, "dossier_id": e.dossier_id,
+                "occurred_at": e.occurred_at, "body": encode(e)} for e in kept])
+            result.stored = len(kept)
+        return kept
+
+    def _fold_dossiers(self, conn: Connection, new: list[AnyEvent], result: Applied) -> None:
+        """Bring the rows of the dossiers ``new`` touches up to date. A row whose last event
+        sorts before all of its new events takes them one by one (the node store's own
+        path); any other is folded again from every event held."""
+        by_dossier: dict[str, list[AnyEvent]] = defaultdict(list)
+        for e in new:
+            by_dossier[e.dossier_id].append(e)
+        ids = sorted(by_dossier)
+        current: dict[str, DossierState] = {}
+        for i in range(0, len(ids), _CHUNK):
+            for row in conn.execute(_ROWS, {"ids": ids[i:i + _CHUNK]}):
+                current[row.dossier_id] = state_from_row(row)
+        states: dict[str, DossierState] = {}
+        refold: list[str] = []
+        for dossier_id in ids:
+            arrived = in_fold_order(by_dossier[dossier_id])
+            state = current.get(dossier_id)
+            if state is None:
+                if self.is_site or any(self._concerns_me(e) for e in arrived):
+                    refold.append(dossier_id)  # earlier events may be held already
+                continue
+            if state.last_key is not None and event_key(arrived[0]) > state.last_key:
+                for e in arrived:
+                    state = apply(state, e)
+                states[dossier_id] = state
+            else:  # a late event sorts inside the history
+                refold.append(dossier_id)
+        for dossier_id, held in _held_events(conn, refold).items():
+            state = fold([e for e in held if not is_call_event(e)], dossier_id)
+            if state is not None:
+                states[dossier_id] = state
+        if not states:
+            return
+        gone = sorted(states)
+        for i in range(0, len(gone), _CHUNK):
+            conn.execute(delete(dossiers).where(dossiers.c.dossier_id.in_(gone[i:i + _CHUNK])))
+        conn.execute(dossiers.insert(), [state_to_row(states[d]) for d in gone])
+        result.dossiers += len(gone)
+
+    def _concerns_me(self, e: AnyEvent) -> bool:
+        return e.origin == self.node or (isinstance(e, DossierReceived)
+                                         and e.data.receiving_node == self.node)
+
+    def _fold_calls(self, conn: Connection, touched: set[str], result: Applied) -> None:
+        rows = []
+        for call_id, held in _held_events(conn, sorted(touched)).items():
+            state = fold_call([e for e in held if is_call_event(e)], call_id)
+            if state is None or state.received_at is None or state.category is None:
+                continue  # its hotline.call_received has not arrived yet
+            rows.append({"call_id": call_id, "site": state.site,
+                         "category": state.category.value, "received_at": state.received_at,
+                         "closed_at": state.closed_at,
+                         "resolved": state.resolved if state.closed_at is not None else None})
+        if rows:
+            conn.execute(delete(calls).where(calls.c.call_id.in_([r["call_id"] for r in rows])))
+            conn.execute(calls.insert(), rows)
+            result.calls += len(rows)
+
+    # --- status -----------------------------------------------------------------------------
+
+    def note(self, error: str | None = None) -> None:
+        """Record a sign of life, and the consumer's latest error if any, for ``sync
+        status`` (in its own transaction: the error may be that applying failed)."""
+        now = datetime.now(UTC)
+        values: dict[str, object] = {"seen_at": now}
+        if error is not None:
+            values.update(last_error=error[:2000], last_error_at=now)
+        with self.engine.begin() as conn:
+            conn.execute(update(status).values(**values))
+
+    def status(self) -> dict[str, object]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(status)).one()
+            out: dict[str, object] = dict(row._mapping)
+            out["dossiers"] = conn.execute(select(func.count()).select_from(dossiers)).scalar()
+            out["calls"] = conn.execute(select(func.count()).select_from(calls)).scalar()
+        return out
+
+    # --- reading ----------------------------------------------------------------------------
 
     def gaps(self) -> dict[str, list[tuple[int, int]]]:
         """Per origin, the missing seq ranges (first, last) below its highest held seq: a
         gap is kept until the event arrives (issue 5: "seq 41 arrives, 40 never did")."""
-        seqs: dict[str, list[int]] = {}
-        with self.engine.connect() as conn:
-            for origin, seq in conn.execute(select(events.c.origin, events.c.origin_seq)
-                                            .order_by(events.c.origin, events.c.origin_seq)):
-                seqs.setdefault(origin, []).append(int(seq))
+        query = text(
+            "SELECT origin, prev + 1 AS first, origin_seq - 1 AS last FROM ("
+            " SELECT origin, origin_seq, COALESCE(LAG(origin_seq) OVER (PARTITION BY origin"
+            " ORDER BY origin_seq), 0) AS prev FROM replica_events) AS chain"
+            " WHERE origin_seq > prev + 1 ORDER BY origin, first")
         out: dict[str, list[tuple[int, int]]] = {}
-        for origin, held in seqs.items():
-            missing, expect = [], 1
-            for seq in held:
-                if seq > expect:
-                    missing.append((expect, seq - 1))
-                expect = seq + 1
-            if missing:
-                out[origin] = missing
+        with self.engine.connect() as conn:
+            for origin, first, last in conn.execute(query):
+                out.setdefault(origin, []).append((int(first), int(last)))
         return out
 
     def rows(self) -> list[dict[str, object]]:
@@ -173,15 +356,41 @@ class Replica:
             return [dict(r._mapping) for r in conn.execute(
                 select(dossiers).order_by(dossiers.c.dossier_id))]
 
+    def call_rows(self) -> list[dict[str, object]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                select(calls).order_by(calls.c.call_id))]
+
     def positions(self) -> dict[tuple[str, int], int]:
         with self.engine.connect() as conn:
             return {(r.topic, r.partition): int(r.next_offset)
                     for r in conn.execute(select(positions))}
 
-    def clear(self) -> None:
+    def forget_positions(self) -> None:
+        """Read the log again from its start (a new log of the same events: the embedded
+        broker's memory is lost on restart). Events held stay, so the rows stay too, and
+        each event read again is a duplicate."""
         with self.engine.begin() as conn:
-            for table in (events, dossiers, positions):
+            conn.execute(delete(positions))
+
+    def clear(self) -> None:
+        """Forget every event, row and position (the status row's node stays)."""
+        with self.engine.begin() as conn:
+            for table in (events, dossiers, calls, positions):
                 conn.execute(delete(table))
+            conn.execute(update(status).values(stored=0, refused=0, dead_letters=0,
+                                               applied_at=None, last_error=None,
+                                               last_error_at=None))
+
+
+def _held_events(conn: Connection, ids: Iterable[str]) -> dict[str, list[AnyEvent]]:
+    """Every held event of each subject in ``ids``."""
+    wanted = sorted(ids)
+    out: dict[str, list[AnyEvent]] = defaultdict(list)
+    for i in range(0, len(wanted), _CHUNK):
+        for dossier_id, body in conn.execute(_BODIES, {"ids": wanted[i:i + _CHUNK]}):
+            out[dossier_id].append(decode(bytes(body)))
+    return out
 
 
 def _breaks_chain(e: AnyEvent, held: Mapping[tuple[str, int], tuple[str, str]]

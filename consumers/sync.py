@@ -1,24 +1,36 @@
-"""The sync consumer of one node's replica (issue 5, in progress): Kafka in, replica rows out.
+"""The sync consumer of one node's replica (``motcua sync --node ID``): Kafka in, rows out.
 
-kafka-python, with the source partitions assigned by hand (a site reads every partition;
-no consumer group, so no rebalance): each start seeks every partition to the position the
-replica stored with its rows, so Kafka's committed offsets play no part. Each poll is
-decoded and verified (schema, hash, signature, known origin, record key = dossier id);
-what fails goes to dead-letters with its reason before the batch is applied; the rest is
-applied with the new positions in one transaction (``consumers.replica``).
+kafka-python, with every partition of ``dossier-events`` and ``hotline-events`` assigned by
+hand: a node needs all of them (a commune's dossiers hash to any partition, and an origin's
+chain runs across both topics), so a consumer group would only add rebalances. Each start
+seeks every partition to the position the replica stored with its rows; Kafka's committed
+offsets play no part, and none are written.
 
-Not yet: folding hotline calls into rows, the commune filter, ``motcua sync`` and ``sync status``.
+Each poll is checked record by record (schema, hash, signature, known origin, record key =
+dossier id); the replica then refuses forks and chain breaks (``consumers.replica``). Every
+rejected record is written to ``dead-letters`` with its reason, inside the transaction that
+moves the positions past it and before that transaction commits: a crash in between writes
+the dead letter again on restart (at least once), never loses it. Valid events behind a
+rejected one are applied in the same transaction (G5).
+
+A failure to apply (database down, dead letters not acknowledged) rolls the transaction
+back; the consumer records the error for ``sync status``, waits, seeks back to the stored
+positions and tries again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.replica import Applied, Replica
+from consumers.replica import Applied, Refusal, Replica
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
@@ -27,62 +39,181 @@ from schemas.topics import DEAD_LETTERS, DOSSIER_EVENTS, HOTLINE_EVENTS
 
 log = logging.getLogger("motcua.sync")
 
+SOURCE_TOPICS = (DOSSIER_EVENTS, HOTLINE_EVENTS)
+RETRY_SECONDS = 2.0
+HEARTBEAT_SECONDS = 5.0
+
 
 class SyncConsumer:
     def __init__(self, replica: Replica, kafka_config: dict[str, Any], registry: KeyRegistry,
-                 *, node: str, prefix: str = "", max_records: int = 2000) -> None:
+                 *, prefix: str = "", max_records: int = 2000,
+                 fetch_wait_ms: int = 100) -> None:
         self.replica = replica
         self.kafka_config = kafka_config
         self.registry = registry
-        self.node = node
-        # hotline events too: they share their origins' chains, so without them every
-        # site would show gaps (their calls are not folded into rows yet)
-        self.topics = (prefix + DOSSIER_EVENTS, prefix + HOTLINE_EVENTS)
+        self.node = replica.node
+        self.topics = tuple(prefix + t for t in SOURCE_TOPICS)
         self.dead_topic = prefix + DEAD_LETTERS
         self.max_records = max_records
-        self.applied = Applied()
+        self.fetch_wait_ms = fetch_wait_ms
+        self.applied = Applied()  # since this consumer started
         self.dead = 0
+        self.last_error: str | None = None
 
     def run(self, stop: threading.Event) -> None:
+        """Apply the topics to the replica until ``stop`` is set."""
         consumer = KafkaConsumer(**self.kafka_config, group_id=None, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
-        producer = KafkaProducer(**self.kafka_config, acks="all")
+                                 auto_offset_reset="earliest",
+                                 fetch_max_wait_ms=self.fetch_wait_ms)
+        producer = KafkaProducer(**self.kafka_config, acks="all", linger_ms=5)
         try:
-            tps = [TopicPartition(topic, p) for topic in self.topics
-                   for p in sorted(consumer.partitions_for_topic(topic) or set())]
-            consumer.assign(tps)
-            stored = self.replica.positions()
-            for tp in tps:
-                consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
+            tps = self._assign(consumer, stop)
+            self._seek_to_stored(consumer, tps)
+            beat = time.monotonic()
             while not stop.is_set():
                 polled = consumer.poll(timeout_ms=200, max_records=self.max_records)
-                if polled:
+                if not polled:
+                    if time.monotonic() - beat > HEARTBEAT_SECONDS:
+                        self._safely(self.replica.note)
+                        beat = time.monotonic()
+                    continue
+                try:
                     self._apply(polled, producer)
+                    beat = time.monotonic()
+                except (SQLAlchemyError, KafkaError, OSError) as exc:
+                    self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    stop.wait(RETRY_SECONDS)
+                    self._seek_to_stored(consumer, tps)  # what was polled is redelivered
         finally:
             producer.close(5)
             consumer.close()
 
+    def _assign(self, consumer: KafkaConsumer, stop: threading.Event) -> list[TopicPartition]:
+        while True:
+            found = {t: consumer.partitions_for_topic(t) for t in self.topics}
+            if all(found.values()) or stop.is_set():
+                break
+            self._failed(f"waiting for topics {', '.join(t for t, p in found.items() if not p)}"
+                         " (run `motcua topics create`)")
+            stop.wait(RETRY_SECONDS)
+        tps = [TopicPartition(t, p) for t, parts in found.items() for p in sorted(parts or ())]
+        consumer.assign(tps)
+        return tps
+
+    def _seek_to_stored(self, consumer: KafkaConsumer, tps: Sequence[TopicPartition]) -> None:
+        while True:
+            try:
+                stored = self.replica.positions()
+                break
+            except SQLAlchemyError as exc:
+                self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                time.sleep(RETRY_SECONDS)
+        for tp in tps:
+            consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
+
     def _apply(self, polled: dict[TopicPartition, list[Any]], producer: KafkaProducer) -> None:
         events: list[AnyEvent] = []
-        dead: list[DeadLetter] = []
+        source: dict[int, tuple[TopicPartition, Any]] = {}  # id(event) -> its record
+        rejected: list[DeadLetter] = []
         moved: dict[tuple[str, int], int] = {}
         for tp, records in polled.items():
             for rec in records:
                 moved[(tp.topic, tp.partition)] = rec.offset + 1
                 try:
-                    events.append(checked_event(rec.key, rec.value, self.registry))
+                    event = checked_event(rec.key, rec.value, self.registry)
                 except MotcuaError as exc:
-                    dead.append(DeadLetter.of(exc, source_topic=tp.topic,
-                                              partition=tp.partition, offset=rec.offset,
-                                              key=rec.key, value=rec.value,
-                                              stage=f"sync:{self.node}"))
-        for letter in dead:  # acknowledged before the positions move past them
-            key, value = letter.record()
-            producer.send(self.dead_topic, key=key, value=value)
-        if dead:
-            producer.flush(30)
-            self.dead += len(dead)
-        result = self.replica.apply(events, moved)
-        for reason in result.forks + result.broken:
-            log.warning("refused: %s", reason)
+                    rejected.append(self._letter(str(exc), tp, rec, exc))
+                    continue
+                events.append(event)
+                source[id(event)] = (tp, rec)
+
+        def write_dead_letters(refusals: Sequence[Refusal]) -> None:
+            letters = rejected + [self._letter(r.reason, *source[id(r.event)])
+                                  for r in refusals]
+            for letter in letters:
+                key, value = letter.record()
+                producer.send(self.dead_topic, key=key, value=value)
+            if letters:
+                producer.flush(30)  # acknowledged before the positions move past them
+                for letter in letters:
+                    log.warning("%s: rejected %s[%d]@%d: %s", self.node, letter.source_topic,
+                                letter.partition, letter.offset, letter.reason)
+
+        result = self.replica.apply(events, moved, dead_letters=len(rejected),
+                                    before_commit=write_dead_letters)
         self.applied.add(result)
+        self.dead += len(rejected) + len(result.refused)
+        if rejected:
+            self.last_error = f"rejected: {rejected[-1].reason}"
+            self._safely(self.replica.note, self.last_error)
+
+    def _letter(self, reason: str, tp: TopicPartition, rec: Any,
+                exc: MotcuaError | None = None) -> DeadLetter:
+        where = {"source_topic": tp.topic, "partition": tp.partition, "offset": rec.offset,
+                 "key": rec.key, "value": rec.value, "stage": f"sync:{self.node}"}
+        if exc is not None:
+            return DeadLetter.of(exc, **where)
+        return DeadLetter(reason, **where)
+
+    def _failed(self, error: str) -> None:
+        self.last_error = error
+        log.warning("%s: %s", self.node, error)
+        self._safely(self.replica.note, error)
+
+    @staticmethod
+    def _safely(call: Any, *args: Any) -> None:
+        try:
+            call(*args)
+        except SQLAlchemyError:
+            pass  # the database is what failed; the error is logged and retried already
+
+
+class Lag:
+    """How far a replica is behind the log: records not applied yet, and the age of the
+    oldest of them (its Kafka timestamp is the send time: DESIGN.md "Topics")."""
+
+    def __init__(self, events: int, oldest_ms: int | None) -> None:
+        self.events = events
+        self.oldest_ms = oldest_ms
+
+    def seconds(self, now: float | None = None) -> float:
+        if self.oldest_ms is None:
+            return 0.0
+        return max(0.0, (now if now is not None else time.time()) - self.oldest_ms / 1000)
+
+
+def lag_of(kafka_config: dict[str, Any], topics: Sequence[str],
+           stored: dict[tuple[str, int], int], timeout: float = 15.0) -> Lag:
+    """The lag of a replica whose positions are ``stored``. The log end is the high
+    watermark of fetch responses, not ListOffsets (too low on the embedded broker: DESIGN.md
+    "Known facts"), so every partition is fetched from the replica's position."""
+    consumer = KafkaConsumer(**kafka_config, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    try:
+        tps = [TopicPartition(t, p) for t in topics
+               for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if not tps:
+            raise MotcuaError(f"topics {', '.join(topics)} do not exist (run `motcua topics "
+                              "create` or `motcua up`)")
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
+        first: dict[TopicPartition, int] = {}  # timestamp of the first record not applied
+        deadline = time.monotonic() + timeout
+        while True:
+            for tp, records in consumer.poll(timeout_ms=200, max_records=500).items():
+                if records and tp not in first:
+                    first[tp] = records[0].timestamp
+                    consumer.pause(tp)
+            high = {tp: consumer.highwater(tp) for tp in tps}
+            if all(h is not None and (tp in first or stored.get((tp.topic, tp.partition), 0)
+                                      >= h) for tp, h in high.items()):
+                break
+            if time.monotonic() > deadline:
+                raise MotcuaError(f"could not read the log end of {', '.join(topics)} in "
+                                  f"{timeout:g} s (is the broker up?)")
+        behind = sum(max(0, (h or 0) - stored.get((tp.topic, tp.partition), 0))
+                     for tp, h in high.items())
+        return Lag(behind, min(first.values()) if first else None)
+    finally:
+        consumer.close()

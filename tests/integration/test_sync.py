@@ -1,62 +1,310 @@
-"""The sync consumer (issue 5, in progress): a site replica built from the topic equals the
-nodes' own stores row for row, and a replayed poll changes nothing."""
+"""The sync consumers against a real broker (DESIGN.md G1, G3, G5, G6): replicas of both
+sites (SQLite and PostgreSQL) and of communes equal the originating nodes' own stores row for
+row; forged and tampered events are rejected, reported and change nothing; kill -9 mid-batch
+applies nothing twice; a commune offline for an afternoon catches up everywhere."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
-from datetime import date
+from collections import defaultdict
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+import orjson
+import pytest
+from sqlalchemy import Engine, func, select
 
 from consumers.replica import Replica
-from consumers.sync import SyncConsumer
+from consumers.replica import events as replica_events
 from infra.db import make_engine
-from producers.tables import dossiers
-from schemas.keys import load_registry
-from tests.streams_support import produce, provision, simulate
+from infra.nodes import node_ids
+from producers.migrate import open_store
+from producers.relay import Relay
+from producers.service import DossierService
+from producers.simulator import Simulator
+from producers.tables import outbox
+from schemas.codec import decode, encode
+from schemas.counters import recount
+from schemas.deadletter import parse
+from schemas.events import LOCAL_TZ, DossierStatusChanged
+from schemas.integrity import seal
+from schemas.keys import Keyring, init_keystore
+from schemas.topics import DEAD_LETTERS
+from streams.reader import read_to_end
+from tests.conftest import Broker
+from tests.integration.test_broker import MOTCUA, cli_env
+from tests.streams_support import (
+    WorkerProcess,
+    Workload,
+    produce,
+    provision,
+    simulate,
+    store_view,
+    wait_for_positions,
+)
+from tests.sync_support import (
+    SyncProcess,
+    node_calls,
+    node_rows,
+    sync_thread,
+    wait_applied,
+)
+
+COMMUNE = "11953"  # Phường Phố Hiến: busy enough to have dossiers on any simulated day
 
 
-def test_a_site_replica_equals_the_node_stores_row_for_row(
-        tmp_path: Path, kafka_config: dict[str, Any]) -> None:
-    work = simulate(tmp_path / "sim", date(2025, 7, 1), date(2025, 7, 1), scale=0.05)
-    prefix = f"sy{tmp_path.name[-8:].replace('_', '')}."
+@pytest.fixture(scope="module")
+def day(tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    """1/7 at 1/20 scale: ~340 dossiers and their events, hotline calls included."""
+    return simulate(tmp_path_factory.mktemp("day"), date(2025, 7, 1), date(2025, 7, 1),
+                    scale=0.05)
+
+
+@pytest.fixture
+def prefix(tmp_path: Path) -> str:
+    return f"sy{tmp_path.name[-8:].replace('_', '')}."
+
+
+def test_both_sites_and_a_commune_converge_row_for_row_after_a_day(
+        tmp_path: Path, kafka_config: dict[str, Any], broker: Broker, pg_fresh: Engine,
+        day: Workload, prefix: str) -> None:
     provision(kafka_config, prefix)
-    poison = [("dossier-events", b"D-GARBAGE", b"not an event")]
-    ends = produce(kafka_config, prefix, [*work.records, *poison])
-    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'replica.db'}"))
-    sync = SyncConsumer(replica, kafka_config, load_registry(work.keys_dir),
-                        node="site-phohien", prefix=prefix, max_records=300)
-    stop = threading.Event()
-    thread = threading.Thread(target=sync.run, args=(stop,), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while any(replica.positions().get(tp, 0) < end for tp, end in ends.items()):
-        assert time.monotonic() < deadline, replica.positions()
-        time.sleep(0.2)
-    stop.set()
-    thread.join(10)
-    assert sync.dead == 1 and not sync.applied.forks and not sync.applied.broken
+    ends = produce(kafka_config, prefix, day.records)
+    store = f"sqlite:///{day.keys_dir.parent / 'nodes.db'}"
+    phohien = Replica(make_engine(f"sqlite:///{tmp_path / 'site-phohien.db'}"), "site-phohien")
+    thaibinh = Replica(pg_fresh, "site-thaibinh")
+    commune = Replica(make_engine(f"sqlite:///{tmp_path / f'{COMMUNE}.db'}"), COMMUNE)
+    with sync_thread(phohien, kafka_config, day.keys_dir, prefix, max_records=300) as a, \
+            sync_thread(thaibinh, kafka_config, day.keys_dir, prefix) as b, \
+            sync_thread(commune, kafka_config, day.keys_dir, prefix) as c:
+        for replica in (phohien, thaibinh, commune):
+            wait_applied(replica, ends, 120)
+    for consumer in (a, b, c):
+        assert consumer.dead == 0 and not consumer.applied.refused
 
-    node_store = make_engine(f"sqlite:///{tmp_path / 'sim' / 'nodes.db'}")
-    with node_store.connect() as conn:
-        nodes = [dict(r._mapping) for r in conn.execute(
-            select(dossiers).order_by(dossiers.c.dossier_id))]
-    assert len(nodes) > 100
-    assert replica.rows() == nodes
-    assert replica.gaps() == {}
+    everything = node_rows(store)
+    assert len(everything) > 200
+    assert phohien.rows() == everything
+    assert thaibinh.rows() == everything
+    calls = node_calls(store)
+    assert calls and phohien.call_rows() == calls and thaibinh.call_rows() == calls
+    mine = node_rows(store, COMMUNE)
+    assert 0 < len(mine) < len(everything)
+    assert commune.rows() == mine and commune.call_rows() == []
+    assert phohien.gaps() == thaibinh.gaps() == commune.gaps() == {}
+
+    # `motcua sync status` at rest: zero lag, no gaps, the rows counted
+    out = subprocess.run(
+        [*MOTCUA, "sync", "status", "--node", "site-phohien", "--json",
+         "--db", f"sqlite:///{tmp_path}/{{node}}.db"],
+        env=cli_env(MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap, MOTCUA_TOPIC_PREFIX=prefix),
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    [status] = json.loads(out.stdout)
+    assert status["events_behind"] == 0 and status["seconds_behind"] == 0
+    assert status["gaps"] == {} and status["dossiers"] == len(everything)
+    assert status["events"] == len(day.records) and status["last_error"] is None
 
     # a restart seeks to the stored positions: nothing is applied twice
-    stored_before = sync.applied.stored
-    stop = threading.Event()
-    again = SyncConsumer(replica, kafka_config, load_registry(work.keys_dir),
-                         node="site-phohien", prefix=prefix)
-    thread = threading.Thread(target=again.run, args=(stop,), daemon=True)
-    thread.start()
-    time.sleep(3)
-    stop.set()
-    thread.join(10)
+    with sync_thread(phohien, kafka_config, day.keys_dir, prefix) as again:
+        time.sleep(3)
     assert again.applied.stored == 0 and again.applied.duplicates == 0
-    assert stored_before > 0 and replica.rows() == nodes
+    assert phohien.rows() == everything
+
+
+def test_forged_and_tampered_events_are_rejected_reported_and_change_nothing(
+        tmp_path: Path, kafka_config: dict[str, Any], day: Workload, prefix: str) -> None:
+    keys = Keyring(day.keys_dir)
+    heads: dict[str, tuple[int, str]] = {}
+    received = None
+    for _, _, value in day.records:
+        e = decode(value)
+        heads[e.origin] = (e.origin_seq, e.hash)
+        if received is None and e.origin == COMMUNE and e.type == "dossier.received":
+            received = value
+    assert received is not None
+    victim = decode(received)
+    seq, head = heads[COMMUNE]
+    at = victim.occurred_at + timedelta(hours=1)
+
+    def event(origin_seq: int, prev_hash: str, signer: str) -> bytes:
+        return encode(seal(DossierStatusChanged, origin=COMMUNE, origin_seq=origin_seq,
+                    prev_hash=prev_hash, dossier_id=victim.dossier_id, occurred_at=at,
+                    data={"from_status": 2, "to_status": 4}, key=keys(signer)))
+
+    tampered = orjson.loads(received)
+    tampered["data"]["due_date"] = "2025-12-31"  # a valid value, not the one signed
+    key = victim.dossier_id.encode()
+    bad = [
+        ("dossier-events", key, orjson.dumps(tampered)),  # content changed after signing
+        ("dossier-events", key, event(seq + 1, head, "12424")),  # another node's key
+        ("dossier-events", key, event(victim.origin_seq, victim.prev_hash, COMMUNE)),  # fork
+        ("dossier-events", key, event(seq + 1, "0" * 64, COMMUNE)),  # breaks the chain
+        ("dossier-events", b"D-GARBAGE", b"{not json"),
+    ]
+    provision(kafka_config, prefix)
+    ends = produce(kafka_config, prefix, [*day.records, *bad])
+    site = Replica(make_engine(f"sqlite:///{tmp_path / 'site.db'}"), "site-phohien")
+    commune = Replica(make_engine(f"sqlite:///{tmp_path / 'commune.db'}"), COMMUNE)
+    with sync_thread(site, kafka_config, day.keys_dir, prefix) as a, \
+            sync_thread(commune, kafka_config, day.keys_dir, prefix):
+        wait_applied(site, ends, 120)
+        wait_applied(commune, ends, 120)
+    store = f"sqlite:///{day.keys_dir.parent / 'nodes.db'}"
+    assert site.rows() == node_rows(store)
+    assert commune.rows() == node_rows(store, COMMUNE)
+    assert a.dead == len(bad) and len(a.applied.refused) == 2
+    assert site.status()["dead_letters"] == len(bad) and site.status()["refused"] == 2
+    assert str(site.status()["last_error"]).startswith(("refused", "rejected"))
+
+    letters: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in read_to_end(kafka_config, prefix + DEAD_LETTERS):
+        body = parse(rec.value)
+        letters[body["stage"]].append(body)
+    for stage in ("sync:site-phohien", f"sync:{COMMUNE}"):
+        got = letters[stage]
+        assert sorted(b["original"] for b in got) == sorted(v for _, _, v in bad)
+        reasons = " | ".join(b["reason"] for b in got)
+        for word in ("hash", "signature", "fork", "chain break", "not JSON"):
+            assert word in reasons, reasons
+        assert all(b["source"]["topic"] == prefix + "dossier-events" for b in got)
+
+
+def test_kill_9_mid_batch_then_restart_applies_each_event_once(
+        tmp_path: Path, kafka_config: dict[str, Any], broker: Broker, prefix: str) -> None:
+    work = simulate(tmp_path / "sim", date(2025, 7, 1), date(2025, 7, 3), scale=0.05)
+    provision(kafka_config, prefix)
+    ends = produce(kafka_config, prefix, work.records)
+    db = f"sqlite:///{tmp_path}/{{node}}.db"
+    node = "site-thaibinh"
+    replica = Replica(make_engine(db.format(node=node)), node)
+    proc = SyncProcess(tmp_path, broker.bootstrap, prefix, work.keys_dir, node, db,
+                       MOTCUA_SYNC_BATCH="20").start()
+    try:
+        deadline = time.monotonic() + 60
+        while int(replica.status()["stored"]) < len(work.records) // 3:  # type: ignore[call-overload]
+            assert time.monotonic() < deadline and not proc.gone(), proc.output()
+            time.sleep(0.01)
+        proc.kill()
+
+        # what the replica holds is exactly what the log holds below the stored positions
+        stored = replica.positions()
+        below: set[tuple[str, int]] = set()
+        for topic in ("dossier-events", "hotline-events"):
+            for rec in read_to_end(kafka_config, prefix + topic):
+                if rec.offset < stored.get((rec.topic, rec.partition), 0):
+                    e = decode(rec.value)
+                    below.add((e.origin, e.origin_seq))
+        with replica.engine.connect() as conn:
+            held = {(o, int(s)) for o, s in conn.execute(
+                select(replica_events.c.origin, replica_events.c.origin_seq))}
+            count = conn.execute(select(func.count()).select_from(replica_events)).scalar()
+        assert 0 < len(held) < len(work.records)
+        assert held == below and count == replica.status()["stored"]
+
+        proc = SyncProcess(tmp_path, broker.bootstrap, prefix, work.keys_dir, node, db).start()
+        wait_applied(replica, ends, 120, proc.gone)
+    finally:
+        proc.stop()
+    assert replica.rows() == node_rows(f"sqlite:///{tmp_path / 'sim' / 'nodes.db'}")
+    assert replica.status()["stored"] == len(work.records)
+    assert " 0 duplicates" in proc.output(), proc.output()  # nothing polled twice
+
+
+def test_a_commune_offline_for_an_afternoon_catches_up_everywhere(
+        tmp_path: Path, kafka_config: dict[str, Any], broker: Broker, pg_fresh: Engine,
+        prefix: str) -> None:
+    keys = tmp_path / "keys"
+    init_keystore(keys, node_ids())
+    store = open_store(f"sqlite:///{tmp_path / 'nodes.db'}")
+    provision(kafka_config, prefix)
+    others = [n for n in node_ids() if n != COMMUNE]
+    stop_all, stop_commune = threading.Event(), threading.Event()
+    main_relay = Relay(store, kafka_config, nodes=others, topic_prefix=prefix)
+    commune_relay = Relay(store, kafka_config, nodes=[COMMUNE], topic_prefix=prefix)
+    threads = [threading.Thread(target=main_relay.run, args=(stop_all,), daemon=True),
+               threading.Thread(target=commune_relay.run, args=(stop_commune,), daemon=True)]
+    for t in threads:
+        t.start()
+    worker = WorkerProcess(tmp_path, broker.bootstrap, prefix, keys).start()
+    view = store_view(worker.store_url, keys, prefix)
+    phohien = Replica(make_engine(f"sqlite:///{tmp_path / 'site-phohien.db'}"), "site-phohien")
+    thaibinh = Replica(pg_fresh, "site-thaibinh")
+    noon = datetime(2025, 7, 1, 12, 0, tzinfo=LOCAL_TZ)
+    try:
+        with sync_thread(phohien, kafka_config, keys, prefix) as a, \
+                sync_thread(thaibinh, kafka_config, keys, prefix) as b:
+            sim = Simulator(DossierService(store, Keyring(keys)), date(2025, 7, 1),
+                            date(2025, 7, 1), scale=0.1, speed=7200)  # 12 s a day
+            sim_thread = threading.Thread(target=sim.run, daemon=True)
+            sim_thread.start()
+            while sim_thread.is_alive() and (sim.sim_time is None or sim.sim_time < noon):
+                time.sleep(0.002)
+            stop_commune.set()  # the commune's link goes down; its clerks keep working
+            threads[1].join(30)
+            sim_thread.join(300)
+            assert not sim_thread.is_alive()
+
+            # the rest of the province is through; the commune's afternoon is in its outbox
+            waiting = _unpublished(store, COMMUNE)
+            assert waiting > 0
+            ends = _published_ends(store, prefix)
+            wait_for_positions(view, ends, 120, worker)
+            for replica in (phohien, thaibinh):
+                wait_applied(replica, ends, 120)
+            everything = _all_events(store)
+            assert view.counters() != recount(everything)
+            assert phohien.rows() != node_rows(store)
+
+            # the link comes back: the backlog flows, replicas and counters are corrected
+            stop_commune.clear()
+            threads[1] = threading.Thread(target=commune_relay.run, args=(stop_commune,),
+                                          daemon=True)
+            threads[1].start()
+            deadline = time.monotonic() + 60
+            while _unpublished(store, COMMUNE):
+                assert time.monotonic() < deadline, "the commune's backlog did not flow"
+                time.sleep(0.2)
+            ends = _published_ends(store, prefix)
+            wait_for_positions(view, ends, 120, worker)
+            for replica in (phohien, thaibinh):
+                wait_applied(replica, ends, 120)
+        assert phohien.rows() == thaibinh.rows() == node_rows(store)
+        assert phohien.gaps() == thaibinh.gaps() == {}
+        assert a.dead == b.dead == 0
+        counted = view.counters()
+        assert counted == recount(everything)
+        key = (f"commune:{COMMUNE}", "2025-07-01", "received")
+        assert counted[key] == sum(1 for e in everything
+                                   if e.type == "dossier.received" and e.origin == COMMUNE)
+    finally:
+        stop_all.set()
+        stop_commune.set()
+        worker.stop()
+        for t in threads:
+            t.join(30)
+        store.dispose()
+
+
+def _unpublished(store: Engine, node: str) -> int:
+    with store.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(outbox).where(
+            outbox.c.origin == node, outbox.c.published_at.is_(None))).scalar_one())
+
+
+def _published_ends(store: Engine, prefix: str) -> dict[tuple[str, int], int]:
+    with store.connect() as conn:
+        rows = conn.execute(select(outbox.c.topic, outbox.c.kafka_partition,
+                                   func.max(outbox.c.kafka_offset))
+                            .where(outbox.c.published_at.is_not(None))
+                            .group_by(outbox.c.topic, outbox.c.kafka_partition)).all()
+    return {(prefix + topic, int(p)): int(last) + 1 for topic, p, last in rows}
+
+
+def _all_events(store: Engine) -> list[Any]:
+    with store.connect() as conn:
+        return [decode(bytes(b)) for b in conn.execute(select(outbox.c.body)).scalars()]

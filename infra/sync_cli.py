@@ -1,0 +1,181 @@
+"""``motcua sync --node ID`` (run a node's sync consumer) and ``motcua sync status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from consumers.replica import Replica
+from consumers.sync import SOURCE_TOPICS, SyncConsumer, lag_of
+from infra.db import make_engine
+from infra.nodes import UnknownNode, get_node
+from infra.settings import Settings
+from infra.up import StopSignals, provision
+from schemas.errors import MotcuaError
+from schemas.keys import load_registry
+
+Say = Callable[[str], None]
+
+
+def replica_location(settings: Settings, node: str, db: str | None = None
+                     ) -> tuple[str, str | None]:
+    """(URL, PostgreSQL schema or None) of ``node``'s replica; ``db`` overrides settings."""
+    if db is None:
+        return settings.replica_url(node)
+    return db.replace("{node}", node), None
+
+
+def open_replica(settings: Settings, node: str, db: str | None = None) -> Replica:
+    """``node``'s replica, created if it does not exist yet."""
+    url, schema = replica_location(settings, node, db)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if schema is not None:
+        admin = make_engine(url)
+        try:
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        finally:
+            admin.dispose()
+    # every transaction can be redone from Kafka: NORMAL sync is enough (see make_engine)
+    return Replica(make_engine(url, schema=schema, sqlite_sync="NORMAL"), node)
+
+
+def replica_exists(settings: Settings, node: str, db: str | None = None) -> bool:
+    """False when ``node``'s SQLite replica file is not there (PostgreSQL: assumed)."""
+    url, _ = replica_location(settings, node, db)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return bool(parsed.database) and Path(str(parsed.database)).exists()
+    return True
+
+
+def _node(text_: str) -> str:
+    try:
+        return get_node(text_).id
+    except UnknownNode as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    if args.action == "status":
+        return cmd_status(args, settings, say)
+    if not args.node or len(args.node) != 1:
+        raise MotcuaError("sync needs exactly one --node ID (a site or a commune's code; "
+                          "`motcua nodes` lists them)")
+    node = args.node[0]
+    logging.basicConfig(level=args.loglevel.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python warns about its own slow event-loop turns: noise on a busy 2-core machine
+    logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
+    provision(settings, settings.bootstrap, lambda _line: None)
+    replica = open_replica(settings, node, args.db)
+    consumer = SyncConsumer(replica, settings.kafka_config(settings.bootstrap),
+                            load_registry(settings.keys_path), prefix=settings.topic_prefix,
+                            max_records=settings.sync_batch)
+    what = "every dossier and call" if replica.is_site else "the dossiers it received, " \
+        "handles or returns"
+    say(f"sync {node}: replica {replica.engine.url.render_as_string(hide_password=True)} "
+        f"keeps {what}")
+    stop = threading.Event()
+    with StopSignals() as signals:
+        thread = threading.Thread(target=consumer.run, args=(stop,), name=f"sync-{node}",
+                                  daemon=True)
+        thread.start()
+        name = signals.wait(lambda: say(_line(node, consumer)), every=30.0,
+                            watch=lambda: None if thread.is_alive()
+                            else "error: the sync consumer stopped")
+        stop.set()
+        thread.join(30)
+    say(f"{name}; {_line(node, consumer)}")
+    return 1 if name.startswith("error:") else 0
+
+
+def _line(node: str, consumer: SyncConsumer) -> str:
+    a = consumer.applied
+    line = (f"sync {node}: {a.stored:,} events stored, {a.duplicates:,} duplicates, "
+            f"{consumer.dead:,} rejected, {a.dossiers:,} dossier rows written")
+    return line + (f"; last error: {consumer.last_error}" if consumer.last_error else "")
+
+
+def node_status(settings: Settings, node: str, db: str | None = None,
+                timeout: float = 15.0) -> dict[str, Any]:
+    """What ``sync status`` shows for one node."""
+    if not replica_exists(settings, node, db):
+        return {"node": node, "replica": "none yet (start `motcua sync --node "
+                f"{node}` or `motcua up`)"}
+    replica = open_replica(settings, node, db)
+    try:
+        held = replica.status()
+        lag = lag_of(settings.kafka_config(settings.bootstrap),
+                     [settings.topic_prefix + t for t in SOURCE_TOPICS],
+                     replica.positions(), timeout)
+        gaps = replica.gaps()
+    finally:
+        replica.engine.dispose()
+
+    def iso(v: object) -> str | None:
+        return v.isoformat() if isinstance(v, datetime) else None
+
+    seen = held["seen_at"]
+    return {
+        "node": node, "replica": replica.engine.url.render_as_string(hide_password=True),
+        "events_behind": lag.events, "seconds_behind": round(lag.seconds(), 1),
+        "gaps": {o: [list(r) for r in ranges] for o, ranges in gaps.items()},
+        "dossiers": held["dossiers"], "calls": held["calls"], "events": held["stored"],
+        "refused": held["refused"], "dead_letters": held["dead_letters"],
+        "last_applied_at": iso(held["applied_at"]), "last_seen_at": iso(seen),
+        "seconds_since_seen": (round((datetime.now(UTC) - seen).total_seconds(), 1)
+                               if isinstance(seen, datetime) else None),
+        "last_error": held["last_error"], "last_error_at": iso(held["last_error_at"]),
+    }
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    nodes = args.node or settings.sync_node_ids
+    rows = [node_status(settings, n, args.db, args.timeout) for n in nodes]
+    if args.json:
+        say(json.dumps(rows, ensure_ascii=False, indent=1))
+        return 0
+    say(f"{'node':<15}{'behind':>8}{'seconds':>9}{'dossiers':>10}{'calls':>7}{'rejected':>9}"
+        "  gaps · last error")
+    for r in rows:
+        if "events_behind" not in r:
+            say(f"{r['node']:<15}  {r['replica']}")
+            continue
+        gaps = "; ".join(f"{o}: " + ", ".join(f"{a}" if a == b else f"{a}-{b}"
+                                              for a, b in ranges)
+                         for o, ranges in r["gaps"].items()) or "no gaps"
+        stale = r["seconds_since_seen"]
+        alive = "" if stale is not None and stale < 30 else " · consumer not seen for " + (
+            "ever" if stale is None else f"{stale:.0f} s")
+        error = f" · {r['last_error_at']} {r['last_error']}" if r["last_error"] else ""
+        say(f"{r['node']:<15}{r['events_behind']:>8,}{r['seconds_behind']:>9.1f}"
+            f"{r['dossiers']:>10,}{r['calls']:>7,}{r['dead_letters']:>9,}  {gaps}{alive}"
+            f"{error}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: Say) -> None:
+    p = sub.add_parser("sync", help="run a node's sync consumer, or show every replica's lag "
+                       "(`sync status`)")
+    p.add_argument("action", nargs="?", choices=["run", "status"], default="run")
+    p.add_argument("--node", type=_node, action="append",
+                   help="a site or a commune code (status: repeat, default MOTCUA_SYNC_NODES)")
+    p.add_argument("--db", help="the replica's database URL ({node} is filled in); default "
+                   "MOTCUA_SYNC_DB_URL, else var/replicas/<node>.db")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--timeout", type=float, default=15.0,
+                   help="status: deadline to read the log end (s)")
+    p.add_argument("--loglevel", default="WARNING")
+    p.set_defaults(func=lambda a, s: cmd_sync(a, s, say))
