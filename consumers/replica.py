@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -51,7 +52,7 @@ from sqlalchemy import (
     update,
 )
 
-from infra.db import insert_for
+from infra.db import insert_for, reader
 from infra.nodes import get_node
 from producers.store import state_from_row, state_to_row
 from producers.tables import NODE, UtcDateTime
@@ -249,7 +250,7 @@ class Replica:
             seen[e.event_id] = place
             kept.append(e)
         if kept:
-            conn.execute(events.insert(), [{
+            self._insert_many(conn, events, [{
                 "origin": e.origin, "origin_seq": e.origin_seq, "event_id": e.event_id,
                 "hash": e.hash, "prev_hash": e.prev_hash, "dossier_id": e.dossier_id,
                 "occurred_at": e.occurred_at, "body": encode(e)} for e in kept])
@@ -274,8 +275,10 @@ class Replica:
             arrived = in_fold_order(by_dossier[dossier_id])
             state = current.get(dossier_id)
             if state is None:
-                if self.is_site or any(self._concerns_me(e) for e in arrived):
-                    refold.append(dossier_id)  # earlier events may be held already
+                if self.is_site:  # a site has a row for every dossier it holds events of
+                    states[dossier_id] = fold(arrived, dossier_id)  # type: ignore[assignment]
+                elif any(self._concerns_me(e) for e in arrived):
+                    refold.append(dossier_id)  # its earlier events may be held already
                 continue
             if state.last_key is not None and event_key(arrived[0]) > state.last_key:
                 for e in arrived:
@@ -292,8 +295,24 @@ class Replica:
         gone = sorted(states)
         for i in range(0, len(gone), _CHUNK):
             conn.execute(delete(dossiers).where(dossiers.c.dossier_id.in_(gone[i:i + _CHUNK])))
-        conn.execute(dossiers.insert(), [state_to_row(states[d]) for d in gone])
+        self._insert_many(conn, dossiers, [state_to_row(states[d]) for d in gone])
         result.dossiers += len(gone)
+
+    def _insert_many(self, conn: Connection, table: Table, rows: list[dict[str, Any]]
+                     ) -> None:
+        if conn.dialect.name != "postgresql":
+            conn.execute(table.insert(), rows)  # sqlite3's executemany: one prepared loop
+            return
+        # PostgreSQL runs an executemany as one statement per row, and SQLAlchemy compiles a
+        # multi-row VALUES slowly; COPY, in this same transaction, is ~2x faster than the
+        # first and ~10x the second (measured with bench/sync_apply.py)
+        cols = [c.name for c in table.c]
+        names = ", ".join(f'"{c}"' for c in cols)
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as cp:
+            for row in rows:
+                cp.write_row([row[c] for c in cols])
 
     def _concerns_me(self, e: AnyEvent) -> bool:
         return e.origin == self.node or (isinstance(e, DossierReceived)
@@ -327,7 +346,7 @@ class Replica:
             conn.execute(update(status).values(**values))
 
     def status(self) -> dict[str, object]:
-        with self.engine.connect() as conn:
+        with reader(self.engine) as conn:
             row = conn.execute(select(status)).one()
             out: dict[str, object] = dict(row._mapping)
             out["dossiers"] = conn.execute(select(func.count()).select_from(dossiers)).scalar()
@@ -345,24 +364,24 @@ class Replica:
             " ORDER BY origin_seq), 0) AS prev FROM replica_events) AS chain"
             " WHERE origin_seq > prev + 1 ORDER BY origin, first")
         out: dict[str, list[tuple[int, int]]] = {}
-        with self.engine.connect() as conn:
+        with reader(self.engine) as conn:
             for origin, first, last in conn.execute(query):
                 out.setdefault(origin, []).append((int(first), int(last)))
         return out
 
     def rows(self) -> list[dict[str, object]]:
         """Every dossier row, sorted: what two converged replicas agree on."""
-        with self.engine.connect() as conn:
+        with reader(self.engine) as conn:
             return [dict(r._mapping) for r in conn.execute(
                 select(dossiers).order_by(dossiers.c.dossier_id))]
 
     def call_rows(self) -> list[dict[str, object]]:
-        with self.engine.connect() as conn:
+        with reader(self.engine) as conn:
             return [dict(r._mapping) for r in conn.execute(
                 select(calls).order_by(calls.c.call_id))]
 
     def positions(self) -> dict[tuple[str, int], int]:
-        with self.engine.connect() as conn:
+        with reader(self.engine) as conn:
             return {(r.topic, r.partition): int(r.next_offset)
                     for r in conn.execute(select(positions))}
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -32,10 +32,24 @@ def make_engine(url: str, *, schema: str | None = None, sqlite_sync: str = "FULL
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True, **kwargs)
 
 
+#: Execution option for a connection that only reads: its transaction is a plain (deferred)
+#: BEGIN, a WAL snapshot that waits for no writer. Measured: relay reads behind BEGIN
+#: IMMEDIATE waited up to 0.5 s in SQLite's busy handler while nodes committed 200/s.
+READ_ONLY = {"motcua_read_only": True}
+
+
+def reader(engine: Engine) -> Connection:
+    """A connection for reading only (no write lock on SQLite; a plain one elsewhere)."""
+    return engine.connect().execution_options(**READ_ONLY)
+
+
 def _sqlite_begin_immediate(conn: Any) -> None:
     # Take the write lock at BEGIN: a deferred transaction that reads and then writes can
     # fail with "database is locked" when another writer got in between.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if conn.get_execution_options().get("motcua_read_only"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any, sync: str = "FULL") -> None:

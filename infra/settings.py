@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     snapshot_interval_ms: int = Field(default=1000, ge=50, le=60_000)
     # Each node's replica (``motcua sync``): SQLite files under data_dir/replicas by default.
     # A URL with ``{node}`` in it is filled in per node; a PostgreSQL URL without it gives
-    # every node its own schema (replica_<node>) in that database.
+    # every node its own schema (replica_<node>) in that database, unless the URL sets a
+    # search_path itself (one node per URL, then).
     sync_db_url: str | None = None
     # The replicas ``motcua up`` keeps: both sites and three communes (two xã, one phường).
     sync_nodes: str = Field(default="site-phohien,site-thaibinh,11977,12424,11953",
@@ -87,8 +88,8 @@ class Settings(BaseSettings):
         """(URL, PostgreSQL schema or None) of ``node``'s replica."""
         if self.sync_db_url is None:
             return f"sqlite:///{self.data_dir / 'replicas' / f'{node}.db'}", None
-        if "{node}" in self.sync_db_url:
-            return self.sync_db_url.replace("{node}", node), None
+        if "{node}" in self.sync_db_url or "search_path" in self.sync_db_url:
+            return self.sync_db_url.replace("{node}", node), None  # the URL says where
         if self.sync_db_url.startswith("postgresql"):
             return self.sync_db_url, "replica_" + node.replace("-", "_")
         raise SettingsError(f"MOTCUA_SYNC_DB_URL={self.sync_db_url!r}: a SQLite URL needs "

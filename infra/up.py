@@ -156,7 +156,8 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             syncs[node] = _start_child(settings, bootstrap, f"sync-{node}",
                                        ["sync", "--node", node])
             stack.callback(_stop_child, syncs[node])
-        say(f"sync: {len(syncs)} replicas ({', '.join(syncs)}) under "
+        say(f"sync: {len(syncs)} replicas ("
+            + ", ".join(f"{node} pid {child.pid}" for node, child in syncs.items()) + ") under "
             f"{settings.replica_url('{node}')[0]}; `motcua sync status` shows their lag")
         stop = threading.Event()
         relay = Relay(engine, settings.kafka_config(bootstrap),

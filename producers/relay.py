@@ -34,6 +34,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from infra.db import reader
 from producers import store
 from producers.tables import node_heads, outbox, relay_leases
 
@@ -189,7 +190,7 @@ class Relay:
     def _next_rows(self, nodes: list[str]) -> list[Any]:
         """Unpublished rows in (origin, seq) order, minus those acknowledged but not yet
         recorded."""
-        with self.engine.connect() as conn:
+        with reader(self.engine) as conn:  # a snapshot: never waits for the nodes' writers
             rows = conn.execute(
                 select(outbox.c.origin, outbox.c.origin_seq, outbox.c.topic,
                        outbox.c.dossier_id, outbox.c.body)

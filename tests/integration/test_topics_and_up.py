@@ -124,6 +124,30 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         worker_pid = int(re.search(r"streams: worker pid (\d+)",  # type: ignore[union-attr]
                                    "\n".join(lines)).group(1))
 
+        # every replica fills while the simulator runs; `sync status` reads them and the log
+        def replicas() -> dict[str, int]:
+            out = run_cli("sync", "status", "--json",
+                          MOTCUA_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}",
+                          MOTCUA_DATA_DIR=str(tmp_path / "var"))
+            assert out.returncode == 0, out.stderr
+            return {r["node"]: int(r.get("dossiers", 0)) for r in json.loads(out.stdout)}
+        communes = ("11977", "12424", "11953")  # at scale 0.01 one may have none yet
+
+        def filled(rows: dict[str, int]) -> bool:
+            return rows["site-phohien"] > 0 and rows["site-thaibinh"] > 0 and any(
+                rows[c] for c in communes)
+        deadline = time.monotonic() + 60
+        rows = replicas()
+        while not filled(rows) and time.monotonic() < deadline:
+            time.sleep(1)
+            rows = replicas()
+        assert set(rows) == {"site-phohien", "site-thaibinh", *communes}
+        assert filled(rows), rows
+        assert all(rows["site-phohien"] > rows[c] for c in communes), rows  # only its own
+        sync_pids = [int(p) for p in re.findall(r"pid (\d+)", next(
+            line for line in lines if line.startswith("sync: ")))]
+        assert len(sync_pids) == 5
+
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=20)
     finally:
@@ -132,8 +156,9 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "SIGINT received; stopping" in rest and rest.rstrip().endswith("stopped")
     assert "Traceback" not in rest
     assert not kafka_answers("127.0.0.1", port), "the broker outlived motcua up"
-    with pytest.raises(ProcessLookupError):
-        os.kill(worker_pid, 0)  # the stream worker went with it
+    for pid in [worker_pid, *sync_pids]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the stream worker and the sync consumers went with it
 
 
 def test_motcua_up_stops_with_an_error_when_its_broker_dies(tmp_path: Path) -> None:
