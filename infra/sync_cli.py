@@ -74,15 +74,16 @@ def cmd_sync(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         raise MotcuaError("sync needs exactly one --node ID (a site or a commune's code; "
                           "`motcua nodes` lists them)")
     node = args.node[0]
+    registry = load_registry(settings.keys_path)  # a missing keystore: say so before anything
+    provision(settings, settings.bootstrap, lambda _line: None)
+    # logging from here on: a broker that is down at start is one line above, not a log
     logging.basicConfig(level=args.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python warns about its own slow event-loop turns: noise on a busy 2-core machine
     logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
-    provision(settings, settings.bootstrap, lambda _line: None)
     replica = open_replica(settings, node, args.db)
-    consumer = SyncConsumer(replica, settings.kafka_config(settings.bootstrap),
-                            load_registry(settings.keys_path), prefix=settings.topic_prefix,
-                            max_records=settings.sync_batch)
+    consumer = SyncConsumer(replica, settings.kafka_config(settings.bootstrap), registry,
+                            prefix=settings.topic_prefix, max_records=settings.sync_batch)
     what = "every dossier and call" if replica.is_site else "the dossiers it received, " \
         "handles or returns"
     say(f"sync {node}: replica {replica.engine.url.render_as_string(hide_password=True)} "
@@ -142,7 +143,7 @@ def node_status(settings: Settings, node: str, db: str | None = None,
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
-    nodes = args.node or settings.sync_node_ids
+    nodes = args.node or [get_node(n).id for n in settings.sync_node_ids]
     rows = [node_status(settings, n, args.db, args.timeout) for n in nodes]
     if args.json:
         say(json.dumps(rows, ensure_ascii=False, indent=1))
