@@ -51,6 +51,9 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import SQLAlchemyError
 
 from infra.db import insert_for, reader
 from infra.nodes import get_node
@@ -91,6 +94,9 @@ positions = Table(
     Column("topic", String(200), primary_key=True),
     Column("partition", Integer, primary_key=True, autoincrement=False),
     Column("next_offset", BigInteger, nullable=False),
+    # sha256 of the record at next_offset - 1: a log whose record there differs is another
+    # log (recreated topics, a restarted in-memory broker), and the offsets mean nothing
+    Column("last_digest", String(64)),
 )
 
 #: One row: whose replica this is, and what ``motcua sync status`` shows besides the lag.
@@ -108,7 +114,24 @@ status = Table(
 
 
 class ReplicaMismatch(MotcuaError):
-    """The database holds another node's replica."""
+    """The database holds another node's replica, or is not a replica."""
+
+
+try:  # COPY runs on the psycopg connection itself: its errors are not SQLAlchemy's
+    import psycopg
+
+    _DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error,)
+    _DRIVER_DATA_ERRORS: tuple[type[Exception], ...] = (psycopg.DataError,
+                                                        psycopg.IntegrityError)
+except ImportError:  # pragma: no cover - psycopg is a dependency
+    _DRIVER_ERRORS = _DRIVER_DATA_ERRORS = ()
+
+#: Any failure of the replica's database.
+STORE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, *_DRIVER_ERRORS)
+#: Failures that the same records will meet again (a value the database refuses), as
+#: opposed to the database being away: the consumer isolates the record that causes them.
+DATA_ERRORS: tuple[type[Exception], ...] = (sa_exc.DataError, sa_exc.IntegrityError,
+                                            *_DRIVER_DATA_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -148,49 +171,68 @@ _CHUNK = 500  # ids per IN list: well under SQLite's and psycopg's parameter lim
 
 
 class Replica:
-    def __init__(self, engine: Engine, node: str = "site-phohien") -> None:
-        """The replica of ``node`` in ``engine`` (created if empty). A site keeps everything;
-        a commune its own dossiers. A database that holds another node's replica is
-        refused: mixing two nodes' rows would make both wrong."""
+    def __init__(self, engine: Engine, node: str = "site-phohien", *,
+                 create: bool = True) -> None:
+        """The replica of ``node`` in ``engine``, created if empty (unless ``create`` is
+        False: then only read). A site keeps everything; a commune its own dossiers. A
+        database that holds another node's replica, or a node store, is refused: mixing
+        them would make both wrong."""
         self.engine = engine
         self.node = get_node(node).id
         self.is_site = get_node(node).is_site
-        metadata.create_all(engine)
         self._insert = insert_for(engine.dialect.name)
-        with engine.begin() as conn:
+        where = engine.url.render_as_string(hide_password=True)
+        tables = set(sa_inspect(engine).get_table_names())
+        if {"outbox", "node_heads"} & tables:
+            raise ReplicaMismatch(f"{where} is a node store, not a replica: give the replica "
+                                  "its own database (--db / MOTCUA_SYNC_DB_URL)")
+        if not create:
+            if status.name not in tables:
+                raise ReplicaMismatch(f"{where} holds no replica yet")
+        else:
+            metadata.create_all(engine)
+            with engine.begin() as conn:
+                if not conn.execute(select(status.c.node)).first():
+                    conn.execute(status.insert().values(node=self.node, stored=0, refused=0,
+                                                        dead_letters=0))
+        with reader(engine) as conn:
             held = conn.execute(select(status.c.node)).scalars().all()
-            if not held:
-                conn.execute(status.insert().values(node=self.node, stored=0, refused=0,
-                                                    dead_letters=0))
-            elif list(held) != [self.node]:
-                raise ReplicaMismatch(f"{engine.url.render_as_string(hide_password=True)} "
-                                      f"holds the replica of {', '.join(held)}, not "
-                                      f"{self.node}: give each node its own database")
+        if list(held) != [self.node]:
+            raise ReplicaMismatch(f"{where} holds the replica of {', '.join(held)}, not "
+                                  f"{self.node}: give each node its own database")
 
     # --- applying ---------------------------------------------------------------------------
 
     def apply(self, batch: Sequence[AnyEvent],
               moved: Mapping[tuple[str, int], int] | None = None, *,
+              digests: Mapping[tuple[str, int], str] | None = None,
               dead_letters: int = 0,
               before_commit: BeforeCommit | None = None) -> Applied:
         """Store ``batch`` (verified events) and bring the rows it touches up to date, with
-        the source positions ``moved`` ({(topic, partition): next offset}), in one
-        transaction. ``before_commit`` gets the refusals inside the transaction, to write
-        them to dead-letters with the ``dead_letters`` records the caller rejected itself
-        (if it raises, nothing is committed). Replaying a batch changes nothing."""
+        the source positions ``moved`` ({(topic, partition): next offset}, with the sha256
+        of the record below each in ``digests``), in one transaction. ``before_commit``
+        gets the refusals inside the transaction, to write them to dead-letters with the
+        ``dead_letters`` records the caller rejected itself (if it raises, nothing is
+        committed). Replaying a batch changes nothing."""
         result = Applied()
         with self.engine.begin() as conn:
+            # one writer at a time, as SQLite's BEGIN IMMEDIATE gives: two consumers on one
+            # PostgreSQL replica would otherwise not see each other's neighbours in a chain
+            conn.execute(select(status.c.node).with_for_update())
             kept = self._store(conn, batch, result)
             self._fold_dossiers(conn, [e for e in kept if not is_call_event(e)], result)
             if self.is_site:
                 self._fold_calls(conn, {e.dossier_id for e in kept if is_call_event(e)},
                                  result)
             for (topic, partition), next_offset in (moved or {}).items():
+                digest = (digests or {}).get((topic, partition))
                 ins = self._insert(positions).values(topic=topic, partition=partition,
-                                                     next_offset=next_offset)
+                                                     next_offset=next_offset,
+                                                     last_digest=digest)
                 conn.execute(ins.on_conflict_do_update(
                     index_elements=["topic", "partition"],
-                    set_={"next_offset": ins.excluded.next_offset}))
+                    set_={"next_offset": ins.excluded.next_offset,
+                          "last_digest": ins.excluded.last_digest}))
             if before_commit is not None:
                 before_commit(result.refused)
                 dead_letters += len(result.refused)
@@ -300,7 +342,7 @@ class Replica:
 
     def _insert_many(self, conn: Connection, table: Table, rows: list[dict[str, Any]]
                      ) -> None:
-        if conn.dialect.name != "postgresql":
+        if conn.dialect.driver != "psycopg":
             conn.execute(table.insert(), rows)  # sqlite3's executemany: one prepared loop
             return
         # PostgreSQL runs an executemany as one statement per row, and SQLAlchemy compiles a
@@ -329,7 +371,9 @@ class Replica:
                          "closed_at": state.closed_at,
                          "resolved": state.resolved if state.closed_at is not None else None})
         if rows:
-            conn.execute(delete(calls).where(calls.c.call_id.in_([r["call_id"] for r in rows])))
+            ids = [r["call_id"] for r in rows]
+            for i in range(0, len(ids), _CHUNK):
+                conn.execute(delete(calls).where(calls.c.call_id.in_(ids[i:i + _CHUNK])))
             conn.execute(calls.insert(), rows)
             result.calls += len(rows)
 
@@ -384,6 +428,24 @@ class Replica:
         with reader(self.engine) as conn:
             return {(r.topic, r.partition): int(r.next_offset)
                     for r in conn.execute(select(positions))}
+
+    def digests(self) -> dict[tuple[str, int], str | None]:
+        """Per source partition, the sha256 of the last record applied from it."""
+        with reader(self.engine) as conn:
+            return {(r.topic, r.partition): r.last_digest
+                    for r in conn.execute(select(positions))}
+
+    def chain_starts(self) -> dict[str, str]:
+        """The hash of each origin's first event held (seq 1): two logs of the same nodes
+        with different histories differ there."""
+        with reader(self.engine) as conn:
+            return {o: h for o, h in conn.execute(
+                select(events.c.origin, events.c.hash).where(events.c.origin_seq == 1))}
+
+    def forget_position(self, topic: str, partition: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(positions).where(positions.c.topic == topic,
+                                                 positions.c.partition == partition))
 
     def forget_positions(self) -> None:
         """Read the log again from its start (a new log of the same events: the embedded

@@ -15,11 +15,15 @@ rejected one are applied in the same transaction (G5).
 
 A failure to apply (database down, dead letters not acknowledged) rolls the transaction
 back; the consumer records the error for ``sync status``, waits, seeks back to the stored
-positions and tries again.
+positions and tries again. A record the database itself refuses (a value it cannot store)
+would fail every retry: the poll is then applied record by record, and that record goes to
+dead-letters. On start, the record below each stored position must be one the replica
+holds; a partition whose log is not the one the positions came from is read again from 0.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -28,9 +32,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
-from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.replica import Applied, Refusal, Replica
+from consumers.replica import DATA_ERRORS, STORE_ERRORS, Applied, Refusal, Replica
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
@@ -58,7 +61,9 @@ class SyncConsumer:
         self.fetch_wait_ms = fetch_wait_ms
         self.applied = Applied()  # since this consumer started
         self.dead = 0
+        self.polls = 0
         self.last_error: str | None = None
+        self._next: dict[TopicPartition, int] = {}  # where the next record should be
 
     def run(self, stop: threading.Event) -> None:
         """Apply the topics to the replica until ``stop`` is set."""
@@ -68,22 +73,27 @@ class SyncConsumer:
         producer = KafkaProducer(**self.kafka_config, acks="all", linger_ms=5)
         try:
             tps = self._assign(consumer, stop)
-            self._seek_to_stored(consumer, tps)
+            self._check_positions(consumer, tps, stop)
+            self._seek_to_stored(consumer, tps, stop)
             beat = time.monotonic()
             while not stop.is_set():
-                polled = consumer.poll(timeout_ms=200, max_records=self.max_records)
-                if not polled:
-                    if time.monotonic() - beat > HEARTBEAT_SECONDS:
-                        self._safely(self.replica.note)
-                        beat = time.monotonic()
-                    continue
                 try:
-                    self._apply(polled, producer)
+                    polled = consumer.poll(timeout_ms=200, max_records=self.max_records)
+                    self.polls += 1
+                    if not polled:
+                        if time.monotonic() - beat > HEARTBEAT_SECONDS:
+                            self._safely(self.replica.note)
+                            beat = time.monotonic()
+                        continue
+                    try:
+                        self._apply(polled, producer)
+                    except DATA_ERRORS:  # a record the database refuses: find it
+                        self._apply_one_by_one(polled, producer)
                     beat = time.monotonic()
-                except (SQLAlchemyError, KafkaError, OSError) as exc:
+                except (*STORE_ERRORS, KafkaError, OSError) as exc:
                     self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
                     stop.wait(RETRY_SECONDS)
-                    self._seek_to_stored(consumer, tps)  # what was polled is redelivered
+                    self._seek_to_stored(consumer, tps, stop)  # what was polled comes again
         finally:
             producer.close(5)
             consumer.close()
@@ -100,25 +110,83 @@ class SyncConsumer:
         consumer.assign(tps)
         return tps
 
-    def _seek_to_stored(self, consumer: KafkaConsumer, tps: Sequence[TopicPartition]) -> None:
+    def _stored(self, stop: threading.Event) -> dict[tuple[str, int], int]:
         while True:
             try:
-                stored = self.replica.positions()
-                break
-            except SQLAlchemyError as exc:
+                return self.replica.positions()
+            except STORE_ERRORS as exc:
                 self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
-                time.sleep(RETRY_SECONDS)
-        for tp in tps:
-            consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
+                if stop.wait(RETRY_SECONDS):
+                    return {}
 
-    def _apply(self, polled: dict[TopicPartition, list[Any]], producer: KafkaProducer) -> None:
+    def _seek_to_stored(self, consumer: KafkaConsumer, tps: Sequence[TopicPartition],
+                        stop: threading.Event) -> None:
+        stored = self._stored(stop)
+        for tp in tps:
+            self._next[tp] = stored.get((tp.topic, tp.partition), 0)
+            consumer.seek(tp, self._next[tp])
+
+    def _check_positions(self, consumer: KafkaConsumer, tps: Sequence[TopicPartition],
+                         stop: threading.Event, timeout: float = 30.0) -> None:
+        """Stored positions are offsets in one particular log: the record just below each
+        must be the one applied there (same sha256). If it is not (the topics were
+        recreated, an in-memory broker restarted, the log no longer reaches that far), the
+        partition is read again from its start: duplicates cost little, skipped records
+        cost events."""
+        stored = self._stored(stop)
+        try:
+            digests = self.replica.digests()
+        except STORE_ERRORS:
+            digests = {}
+        probe = {tp: stored[(tp.topic, tp.partition)] - 1 for tp in tps
+                 if stored.get((tp.topic, tp.partition), 0) > 0
+                 and digests.get((tp.topic, tp.partition))}
+        if not probe:
+            return
+        for tp, offset in probe.items():
+            consumer.seek(tp, offset)
+        consumer.pause(*[tp for tp in tps if tp not in probe])
+        found: dict[TopicPartition, Any] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(probe) and time.monotonic() < deadline and not stop.is_set():
+            for tp, records in consumer.poll(timeout_ms=200, max_records=500).items():
+                if tp in probe and tp not in found and records:
+                    found[tp] = records[0]
+                    consumer.pause(tp)
+            for tp in probe:
+                high = consumer.highwater(tp)
+                if tp not in found and high is not None and high <= probe[tp]:
+                    found[tp] = None  # the log ends before the stored position
+        consumer.resume(*tps)
+        for tp, rec in found.items():
+            if (rec is not None and rec.offset == probe[tp]
+                    and _digest(rec.value) == digests.get((tp.topic, tp.partition))):
+                continue
+            where = "ends before" if rec is None else "holds another record at"
+            self._failed(f"{tp.topic}[{tp.partition}]: the log {where} offset {probe[tp]} "
+                         "than this replica applied (another log?); reading the partition "
+                         "again from its start")
+            self.replica.forget_position(tp.topic, tp.partition)
+
+    def _apply(self, polled: dict[TopicPartition, list[Any]], producer: KafkaProducer,
+               unstorable: str | None = None) -> None:
         events: list[AnyEvent] = []
         source: dict[int, tuple[TopicPartition, Any]] = {}  # id(event) -> its record
         rejected: list[DeadLetter] = []
         moved: dict[tuple[str, int], int] = {}
+        digests: dict[tuple[str, int], str] = {}
         for tp, records in polled.items():
+            if records:
+                digests[(tp.topic, tp.partition)] = _digest(records[-1].value)
+            if records and records[0].offset > self._next.get(tp, 0):
+                self._failed(f"{tp.topic}[{tp.partition}]: offsets {self._next.get(tp, 0)}-"
+                             f"{records[0].offset - 1} are gone from the log (retention?) "
+                             "and were never applied")
             for rec in records:
                 moved[(tp.topic, tp.partition)] = rec.offset + 1
+                if unstorable is not None:  # the one record the database refused
+                    rejected.append(self._letter(unstorable, tp, rec))
+                    continue
                 try:
                     event = checked_event(rec.key, rec.value, self.registry)
                 except MotcuaError as exc:
@@ -130,22 +198,41 @@ class SyncConsumer:
         def write_dead_letters(refusals: Sequence[Refusal]) -> None:
             letters = rejected + [self._letter(r.reason, *source[id(r.event)])
                                   for r in refusals]
+            sent = []
             for letter in letters:
                 key, value = letter.record()
-                producer.send(self.dead_topic, key=key, value=value)
+                sent.append(producer.send(self.dead_topic, key=key, value=value))
             if letters:
-                producer.flush(30)  # acknowledged before the positions move past them
+                producer.flush(30)
+                for future in sent:  # flush() only logs a failed send: ask each one
+                    future.get(timeout=0)
                 for letter in letters:
                     log.warning("%s: rejected %s[%d]@%d: %s", self.node, letter.source_topic,
                                 letter.partition, letter.offset, letter.reason)
 
-        result = self.replica.apply(events, moved, dead_letters=len(rejected),
+        result = self.replica.apply(events, moved, digests=digests,
+                                    dead_letters=len(rejected),
                                     before_commit=write_dead_letters)
+        for tp in polled:
+            self._next[tp] = moved.get((tp.topic, tp.partition), self._next.get(tp, 0))
         self.applied.add(result)
         self.dead += len(rejected) + len(result.refused)
         if rejected:
             self.last_error = f"rejected: {rejected[-1].reason}"
             self._safely(self.replica.note, self.last_error)
+
+    def _apply_one_by_one(self, polled: dict[TopicPartition, list[Any]],
+                          producer: KafkaProducer) -> None:
+        """The database refused the poll as a whole: apply it record by record, and send the
+        record it refuses to dead-letters (with the database's reason), so nothing valid
+        behind it waits (G5)."""
+        for tp, records in polled.items():
+            for rec in records:
+                try:
+                    self._apply({tp: [rec]}, producer)
+                except DATA_ERRORS as exc:
+                    reason = f"the replica's database refuses it: {type(exc).__name__}: {exc}"
+                    self._apply({tp: [rec]}, producer, unstorable=reason.splitlines()[0])
 
     def _letter(self, reason: str, tp: TopicPartition, rec: Any,
                 exc: MotcuaError | None = None) -> DeadLetter:
@@ -164,17 +251,23 @@ class SyncConsumer:
     def _safely(call: Any, *args: Any) -> None:
         try:
             call(*args)
-        except SQLAlchemyError:
+        except STORE_ERRORS:
             pass  # the database is what failed; the error is logged and retried already
+
+
+def _digest(value: bytes | None) -> str:
+    return hashlib.sha256(value or b"").hexdigest()
 
 
 class Lag:
     """How far a replica is behind the log: records not applied yet, and the age of the
     oldest of them (its Kafka timestamp is the send time: DESIGN.md "Topics")."""
 
-    def __init__(self, events: int, oldest_ms: int | None) -> None:
+    def __init__(self, events: int, oldest_ms: int | None,
+                 beyond: Sequence[str] = ()) -> None:
         self.events = events
         self.oldest_ms = oldest_ms
+        self.beyond = list(beyond)  # partitions whose stored position is past the log end
 
     def seconds(self, now: float | None = None) -> float:
         if self.oldest_ms is None:
@@ -212,8 +305,12 @@ def lag_of(kafka_config: dict[str, Any], topics: Sequence[str],
             if time.monotonic() > deadline:
                 raise MotcuaError(f"could not read the log end of {', '.join(topics)} in "
                                   f"{timeout:g} s (is the broker up?)")
+        beyond = [tp for tp, h in high.items()
+                  if stored.get((tp.topic, tp.partition), 0) > (h or 0)]
         behind = sum(max(0, (h or 0) - stored.get((tp.topic, tp.partition), 0))
                      for tp, h in high.items())
-        return Lag(behind, min(first.values()) if first else None)
+        oldest = [ts for tp, ts in first.items() if tp not in beyond]
+        return Lag(behind, min(oldest) if oldest else None,
+                   [f"{tp.topic}[{tp.partition}]" for tp in beyond])
     finally:
         consumer.close()

@@ -13,8 +13,9 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from consumers.replica import Replica
+from consumers.replica import Replica, ReplicaMismatch
 from consumers.sync import SOURCE_TOPICS, SyncConsumer, lag_of
 from infra.db import make_engine
 from infra.nodes import UnknownNode, get_node
@@ -34,21 +35,35 @@ def replica_location(settings: Settings, node: str, db: str | None = None
     return db.replace("{node}", node), None
 
 
-def open_replica(settings: Settings, node: str, db: str | None = None) -> Replica:
-    """``node``'s replica, created if it does not exist yet."""
+def open_replica(settings: Settings, node: str, db: str | None = None, *,
+                 create: bool = True) -> Replica:
+    """``node``'s replica, created if it does not exist yet (``create`` False: only read).
+    A database that cannot be opened is one ``MotcuaError`` naming it."""
     url, schema = replica_location(settings, node, db)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    if schema is not None:
-        admin = make_engine(url)
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-        finally:
-            admin.dispose()
-    # every transaction can be redone from Kafka: NORMAL sync is enough (see make_engine)
-    return Replica(make_engine(url, schema=schema, sqlite_sync="NORMAL"), node)
+    engine = None
+    try:
+        parsed = make_url(url)
+        if create and parsed.get_backend_name() == "sqlite" and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if create and schema is not None:
+            admin = make_engine(url)
+            try:
+                with admin.begin() as conn:
+                    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            finally:
+                admin.dispose()
+        # every transaction can be redone from Kafka: NORMAL sync is enough (make_engine)
+        engine = make_engine(url, schema=schema, sqlite_sync="NORMAL")
+        return Replica(engine, node, create=create)
+    except MotcuaError:
+        if engine is not None:
+            engine.dispose()
+        raise
+    except (ArgumentError, SQLAlchemyError, OSError) as exc:
+        if engine is not None:
+            engine.dispose()
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MotcuaError(f"{node}'s replica at {url}: {reason}") from None
 
 
 def replica_exists(settings: Settings, node: str, db: str | None = None) -> bool:
@@ -77,7 +92,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     registry = load_registry(settings.keys_path)  # a missing keystore: say so before anything
     provision(settings, settings.bootstrap, lambda _line: None)
     # logging from here on: a broker that is down at start is one line above, not a log
-    logging.basicConfig(level=args.loglevel.upper(),
+    logging.basicConfig(level=args.loglevel,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python warns about its own slow event-loop turns: noise on a busy 2-core machine
     logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
@@ -115,15 +130,17 @@ def node_status(settings: Settings, node: str, db: str | None = None,
     if not replica_exists(settings, node, db):
         return {"node": node, "replica": "none yet (start `motcua sync --node "
                 f"{node}` or `motcua up`)"}
-    replica = open_replica(settings, node, db)
+    replica = open_replica(settings, node, db, create=False)  # status writes nothing
     try:
         held = replica.status()
-        lag = lag_of(settings.kafka_config(settings.bootstrap),
-                     [settings.topic_prefix + t for t in SOURCE_TOPICS],
-                     replica.positions(), timeout)
+        positions = replica.positions()
         gaps = replica.gaps()
+    except SQLAlchemyError as exc:
+        raise MotcuaError(f"{node}'s replica: {str(exc).splitlines()[0]}") from None
     finally:
         replica.engine.dispose()
+    lag = lag_of(settings.kafka_config(settings.bootstrap),
+                 [settings.topic_prefix + t for t in SOURCE_TOPICS], positions, timeout)
 
     def iso(v: object) -> str | None:
         return v.isoformat() if isinstance(v, datetime) else None
@@ -139,12 +156,18 @@ def node_status(settings: Settings, node: str, db: str | None = None,
         "seconds_since_seen": (round((datetime.now(UTC) - seen).total_seconds(), 1)
                                if isinstance(seen, datetime) else None),
         "last_error": held["last_error"], "last_error_at": iso(held["last_error_at"]),
+        "positions_beyond_log_end": lag.beyond,
     }
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     nodes = args.node or [get_node(n).id for n in settings.sync_node_ids]
-    rows = [node_status(settings, n, args.db, args.timeout) for n in nodes]
+    rows = []
+    for node in nodes:
+        try:
+            rows.append(node_status(settings, node, args.db, args.timeout))
+        except ReplicaMismatch as exc:  # one node's replica unreadable: say so, go on
+            rows.append({"node": node, "replica": str(exc)})
     if args.json:
         say(json.dumps(rows, ensure_ascii=False, indent=1))
         return 0
@@ -161,6 +184,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         alive = "" if stale is not None and stale < 30 else " · consumer not seen for " + (
             "ever" if stale is None else f"{stale:.0f} s")
         error = f" · {r['last_error_at']} {r['last_error']}" if r["last_error"] else ""
+        if r["positions_beyond_log_end"]:
+            error += (" · positions past the log end on "
+                      f"{', '.join(r['positions_beyond_log_end'])} (another log? a restart of "
+                      "`motcua sync` reads them again)")
         say(f"{r['node']:<15}{r['events_behind']:>8,}{r['seconds_behind']:>9.1f}"
             f"{r['dossiers']:>10,}{r['calls']:>7,}{r['dead_letters']:>9,}  {gaps}{alive}"
             f"{error}")
@@ -178,5 +205,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: S
     p.add_argument("--json", action="store_true", help="status as JSON")
     p.add_argument("--timeout", type=float, default=15.0,
                    help="status: deadline to read the log end (s)")
-    p.add_argument("--loglevel", default="WARNING")
+    p.add_argument("--loglevel", default="WARNING", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=lambda a, s: cmd_sync(a, s, say))

@@ -14,8 +14,8 @@ a fresh embedded broker every stored event is marked unpublished, so the relay r
 log from the stores (the outbox is each node's copy of its own history). The stream worker's
 store describes positions in the old log, so it is emptied and refolded from the new one.
 The replicas keep their events and rows and read the new log from its start (every event is
-then a duplicate); a replica is emptied only when the node stores are empty too (their
-events are gone for good, and new ones would reuse the same places in each chain).
+then a duplicate); a replica is emptied only when it holds another history than the node
+stores (they were made anew: new events would reuse the same places in each chain).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             if dropped:
                 say("streams: store emptied (its positions were in the previous broker's log); "
                     "refolding from the new log")
-            _reset_replicas(settings, forget_all=not again, say=say)
+            _reset_replicas(settings, engine, say)
         worker = _start_child(settings, bootstrap, "streams", ["streams"])
         stack.callback(_stop_child, worker)
         say(f"streams: worker pid {worker.pid}, store {settings.streams_store_url}, log "
@@ -211,17 +211,23 @@ def _simulate(sim: Simulator, say: Say) -> None:
         f"({sum(summary.received_by_node.values()):,} dossiers received)")
 
 
-def _reset_replicas(settings: Settings, *, forget_all: bool, say: Say) -> None:
+def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
+    """The new log holds the node stores' events at new offsets. A replica holding the same
+    history reads it again (duplicates); one holding another history (the node stores
+    were made anew) is emptied, or every new event would be refused as a fork."""
     from infra.sync_cli import open_replica, replica_exists
 
+    starts = store.chain_starts(engine)
     for node in settings.sync_node_ids:
         if not replica_exists(settings, node):
             continue
         replica = open_replica(settings, node)
         try:
-            if forget_all:
+            held = replica.chain_starts()
+            if any(starts.get(origin) != h for origin, h in held.items()):
                 replica.clear()
-                say(f"sync {node}: replica emptied (the node stores are new)")
+                say(f"sync {node}: replica emptied (it held another history than the node "
+                    "stores)")
             else:
                 replica.forget_positions()
         finally:
@@ -238,13 +244,13 @@ def _sync_status(syncs: dict[str, subprocess.Popen[bytes]], settings: Settings) 
                          f"{settings.data_dir / 'log' / f'sync-{node}.log'})")
             continue
         try:
-            replica = open_replica(settings, node)
+            replica = open_replica(settings, node, create=False)
             try:
                 held = replica.status()
             finally:
                 replica.engine.dispose()
             parts.append(f"{node} {held['dossiers']:,} dossiers")
-        except SQLAlchemyError:
+        except (MotcuaError, SQLAlchemyError):
             parts.append(f"{node} not readable yet")
     return "sync: " + ", ".join(parts)
 

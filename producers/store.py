@@ -94,6 +94,13 @@ def republish_all(engine: Engine) -> int:
         return int(result.rowcount or 0)
 
 
+def chain_starts(engine: Engine) -> dict[str, str]:
+    """The hash of each node's first event (seq 1) in the store."""
+    with engine.connect() as conn:
+        return {o: h for o, h in conn.execute(
+            select(outbox.c.origin, outbox.c.hash).where(outbox.c.origin_seq == 1))}
+
+
 def events_of(conn: Connection, dossier_id: str) -> list[AnyEvent]:
     return [decode(bytes(r.body)) for r in conn.execute(_EVENTS_OF, {"dossier_id": dossier_id})]
 

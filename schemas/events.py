@@ -33,8 +33,10 @@ EventId = Annotated[
     Field(pattern=r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
                   r"|[0-9A-HJKMNP-TV-Z]{26})$"),
 ]
-Reason = Annotated[str, Field(min_length=1, max_length=500)]
-ShortText = Annotated[str, Field(min_length=1, max_length=80)]
+# No NUL in free text: PostgreSQL text cannot hold it, so a store or replica there could
+# never take an event that SQLite ones take (replicas would diverge by backend).
+Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00]+$")]
+ShortText = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[^\x00]+$")]
 ProcedureCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")]
 EventTime = Annotated[AwareDatetime, Field(ge=datetime(2000, 1, 1, tzinfo=UTC),
                                            lt=datetime(2100, 1, 1, tzinfo=UTC))]

@@ -82,7 +82,9 @@ class SyncProcess:
 
     def __init__(self, tmp: Path, bootstrap: str, prefix: str, keys: Path, node: str,
                  db: str, **env: str) -> None:
+        self.tmp = tmp
         self.log = tmp / f"sync-{node}.log"
+        self.starts = 0
         self.node = node
         data = tmp / f"data-{node}"
         data.mkdir(exist_ok=True)
@@ -92,6 +94,8 @@ class SyncProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SyncProcess:
+        self.starts += 1  # a log per start: one run's output is never read as another's
+        self.log = self.tmp / f"sync-{self.node}-{self.starts}.log"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([*MOTCUA, "sync", "--node", self.node], env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT)

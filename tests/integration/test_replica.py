@@ -18,12 +18,16 @@ from sqlalchemy import Engine
 
 from consumers.replica import Replica
 from infra.db import make_engine
+from infra.settings import Settings
 from producers.store import state_to_row
+from schemas.counters import fold_call, is_call_event
 from schemas.events import AnyEvent
 from schemas.fold import fold
+from tests.conftest import _pg_schema
 from tests.factories import T0, Chain
 
 COMMUNE, PHOHIEN, THAIBINH = Chain("11977"), Chain("site-phohien"), Chain("site-thaibinh")
+OTHER = Chain("12424")
 
 
 def universe() -> list[AnyEvent]:
@@ -48,25 +52,61 @@ def universe() -> list[AnyEvent]:
                              new_due_date=date(2025, 7, 9 + i)))
         out.append(site.emit("dossier.resolved", d, t + timedelta(days=4)))
         out.append(COMMUNE.emit("dossier.returned", d, t + timedelta(days=5)))
+    # a dossier received at a site and handled there: no commune's business
+    d = "D-site-000001"
+    out.append(PHOHIEN.emit("dossier.received", d, T0, receiving_node="site-phohien"))
+    out.append(PHOHIEN.emit("dossier.resolved", d, T0 + timedelta(days=1)))
+    # one received at another commune, returned through 11977 (late relevance there)
+    d = "D-12424-000001"
+    out.append(OTHER.emit("dossier.received", d, T0, receiving_node="12424"))
+    out.append(THAIBINH.emit("dossier.resolved", d, T0 + timedelta(days=1)))
+    out.append(COMMUNE.emit("dossier.returned", d, T0 + timedelta(days=2)))
+    # hotline calls at the sites, one under an id a dossier also has
+    for i, (site, call) in enumerate(((PHOHIEN, "call-1"), (THAIBINH, "D-11977-000000"))):
+        t = T0 + timedelta(hours=3 + i)
+        out.append(site.emit("hotline.call_received", call, t, category="land"))
+        out.append(site.emit("hotline.call_closed", call, t + timedelta(minutes=20),
+                             category="procedure", resolved=i == 0))
     return out
 
 
 EVENTS = universe()
 
 
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory, pg_engine: Engine
-             ) -> Iterator[tuple[Replica, Replica]]:
+@pytest.fixture(scope="module", params=["site-phohien", "11977"])
+def replicas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             pg_admin: Engine, settings: Settings) -> Iterator[tuple[Replica, Replica]]:
+    """A SQLite and a PostgreSQL replica of a site, then of a commune."""
+    node = request.param
     lite = make_engine(f"sqlite:///{tmp_path_factory.mktemp('replica') / 'r.db'}")
-    yield Replica(lite), Replica(pg_engine)
+    with _pg_schema(pg_admin, settings.test_pg_url) as pg:
+        yield Replica(lite, node), Replica(pg, node)
     lite.dispose()
 
 
-def expected_rows(chosen: list[AnyEvent]) -> list[dict[str, Any]]:
+def expected(chosen: list[AnyEvent], node: str) -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
+    """The fold of the set, as dossier rows (a commune: its own) and call rows (sites)."""
     by_dossier: dict[str, list[AnyEvent]] = defaultdict(list)
+    by_call: dict[str, list[AnyEvent]] = defaultdict(list)
     for e in chosen:
-        by_dossier[e.dossier_id].append(e)
-    return [state_to_row(fold(evs)) for _, evs in sorted(by_dossier.items())]  # type: ignore[arg-type]
+        (by_call if is_call_event(e) else by_dossier)[e.dossier_id].append(e)
+    rows = []
+    for _, evs in sorted(by_dossier.items()):
+        state = fold(evs)
+        assert state is not None
+        if node.startswith("site-") or state.receiving_node == node or node in state.nodes:
+            rows.append(state_to_row(state))
+    calls = []
+    for call_id, evs in sorted(by_call.items()):
+        call = fold_call(evs, call_id)
+        if node.startswith("site-") and call is not None and call.received_at is not None:
+            assert call.category is not None
+            calls.append({"call_id": call_id, "site": call.site,
+                          "category": call.category.value, "received_at": call.received_at,
+                          "closed_at": call.closed_at,
+                          "resolved": call.resolved if call.closed_at else None})
+    return rows, calls
 
 
 @settings(max_examples=40, deadline=None,
@@ -77,7 +117,7 @@ def test_any_order_and_duplicates_converge_to_the_fold(
         replicas: tuple[Replica, Replica], chosen: set[int], rng: random.Random,
         batches: int) -> None:
     events = [EVENTS[i] for i in sorted(chosen)]
-    want = expected_rows(events)
+    want_rows, want_calls = expected(events, replicas[0].node)
     for replica in replicas:
         replica.clear()
         delivery = events + rng.choices(events, k=len(events) // 2)  # duplicates
@@ -86,8 +126,8 @@ def test_any_order_and_duplicates_converge_to_the_fold(
         for i in range(0, len(delivery), size):
             result = replica.apply(delivery[i:i + size])
             assert not result.refused
-        got = replica.rows()
-        assert got == want
+        assert replica.rows() == want_rows
+        assert replica.call_rows() == want_calls
     assert replicas[0].rows() == replicas[1].rows()
 
 

@@ -10,15 +10,18 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from kafka.errors import KafkaTimeoutError
 from sqlalchemy import Engine, func, select
+from sqlalchemy import exc as sa_exc
 
-from consumers.replica import Replica
+from consumers.replica import Applied, Replica
 from consumers.replica import events as replica_events
 from infra.db import make_engine
 from infra.nodes import node_ids
@@ -26,11 +29,13 @@ from producers.migrate import open_store
 from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
+from producers.store import state_to_row
 from producers.tables import outbox
 from schemas.codec import decode, encode
 from schemas.counters import recount
 from schemas.deadletter import parse
-from schemas.events import LOCAL_TZ, DossierStatusChanged
+from schemas.events import LOCAL_TZ, AnyEvent, DossierStatusChanged
+from schemas.fold import fold
 from schemas.integrity import seal
 from schemas.keys import Keyring, init_keystore
 from schemas.topics import DEAD_LETTERS
@@ -109,10 +114,14 @@ def test_both_sites_and_a_commune_converge_row_for_row_after_a_day(
     assert status["gaps"] == {} and status["dossiers"] == len(everything)
     assert status["events"] == len(day.records) and status["last_error"] is None
 
-    # a restart seeks to the stored positions: nothing is applied twice
+    # a restart seeks to the stored positions: nothing is read twice
     with sync_thread(phohien, kafka_config, day.keys_dir, prefix) as again:
-        time.sleep(3)
+        deadline = time.monotonic() + 30
+        while again.polls < 5:  # it has checked its positions and is polling at the end
+            assert time.monotonic() < deadline, again.last_error
+            time.sleep(0.1)
     assert again.applied.stored == 0 and again.applied.duplicates == 0
+    assert again.last_error is None
     assert phohien.rows() == everything
 
 
@@ -206,7 +215,7 @@ def test_kill_9_mid_batch_then_restart_applies_each_event_once(
         assert 0 < len(held) < len(work.records)
         assert held == below and count == replica.status()["stored"]
 
-        proc = SyncProcess(tmp_path, broker.bootstrap, prefix, work.keys_dir, node, db).start()
+        proc.start()  # a new log: the output below is this run's alone
         wait_applied(replica, ends, 120, proc.gone)
     finally:
         proc.stop()
@@ -308,3 +317,107 @@ def _published_ends(store: Engine, prefix: str) -> dict[tuple[str, int], int]:
 def _all_events(store: Engine) -> list[Any]:
     with store.connect() as conn:
         return [decode(bytes(b)) for b in conn.execute(select(outbox.c.body)).scalars()]
+
+
+class Faulty(Replica):
+    """A replica whose database fails on purpose: calls 2 and 3 of ``apply`` as if the
+    dead letters were not acknowledged (transient), and any batch holding ``refused_id``
+    as if the database refused one of its values (a data error)."""
+
+    def __init__(self, engine: Engine, node: str, refused_id: str) -> None:
+        super().__init__(engine, node)
+        self.calls = 0
+        self.refused_id = refused_id
+
+    def apply(self, batch: Sequence[AnyEvent], moved: Any = None, **kw: Any) -> Applied:
+        self.calls += 1
+        if self.calls in (2, 3):
+            raise KafkaTimeoutError("injected: dead letters not acknowledged")
+        if any(e.event_id == self.refused_id for e in batch):
+            raise sa_exc.DataError("INSERT", {}, ValueError("injected: value refused"))
+        return super().apply(batch, moved, **kw)
+
+
+def test_failed_applies_are_retried_and_a_refused_record_is_isolated(
+        tmp_path: Path, kafka_config: dict[str, Any], day: Workload, prefix: str) -> None:
+    events = [decode(v) for _, _, v in day.records]
+    refused = next(e for e in events if e.type == "dossier.status_changed")
+    provision(kafka_config, prefix)
+    ends = produce(kafka_config, prefix, day.records)
+    replica = Faulty(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien",
+                     refused.event_id)
+    with sync_thread(replica, kafka_config, day.keys_dir, prefix, max_records=200) as c:
+        wait_applied(replica, ends, 120)
+    assert replica.calls > 5 and c.dead == 1
+
+    # every record below the positions is held, except the one refused: nothing lost to
+    # the failed attempts, and only that dossier differs from the nodes
+    by_dossier: dict[str, list[AnyEvent]] = defaultdict(list)
+    for e in events:
+        if e.event_id != refused.event_id and not e.type.startswith("hotline."):
+            by_dossier[e.dossier_id].append(e)
+    want = [state_to_row(fold(evs)) for _, evs in sorted(by_dossier.items())]  # type: ignore[arg-type]
+    assert replica.rows() == want
+    assert replica.status()["stored"] == len(events) - 1
+    last = max(e.origin_seq for e in events if e.origin == refused.origin)
+    assert replica.gaps() == ({} if refused.origin_seq == last else
+                              {refused.origin: [(refused.origin_seq, refused.origin_seq)]})
+    [letter] = [parse(r.value) for r in read_to_end(kafka_config, prefix + DEAD_LETTERS)]
+    assert "database refuses it" in letter["reason"] and "injected" in letter["reason"]
+    assert letter["original"] == encode(refused)
+
+
+def test_positions_from_another_log_are_detected_and_the_partition_read_again(
+        tmp_path: Path, kafka_config: dict[str, Any], day: Workload, prefix: str) -> None:
+    """The replica holds half the events and positions that claim a whole log, but the
+    log under those topic names is another one (same events, another order: a restarted
+    in-memory broker). Trusting the positions would skip the other half for good."""
+    provision(kafka_config, prefix)
+    ends = produce(kafka_config, prefix, list(reversed(day.records)))
+    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien")
+    half = [decode(v) for _, _, v in day.records[:len(day.records) // 2]]
+    stale = {tp: end + 5 if i % 2 else end for i, (tp, end) in enumerate(sorted(ends.items()))}
+    replica.apply(half, stale, digests=dict.fromkeys(stale, "0" * 64))
+    with sync_thread(replica, kafka_config, day.keys_dir, prefix) as c:
+        wait_applied(replica, ends, 120)
+        deadline = time.monotonic() + 60
+        while replica.status()["stored"] != len(day.records):
+            assert time.monotonic() < deadline, replica.status()
+            time.sleep(0.2)
+    assert c.applied.duplicates == len(half)  # read again: the held half, as duplicates
+    assert replica.rows() == node_rows(f"sqlite:///{day.keys_dir.parent / 'nodes.db'}")
+    assert "another log" in str(replica.status()["last_error"])
+
+
+def test_up_keeps_a_replica_of_the_same_history_and_empties_one_of_another(
+        tmp_path: Path) -> None:
+    from infra.settings import load_settings
+    from infra.up import _reset_replicas
+
+    settings = load_settings(data_dir=tmp_path / "var", sync_nodes="site-phohien")
+    keys = tmp_path / "keys"
+    init_keystore(keys, ["11977", "site-phohien"])
+
+    def history(path: Path) -> Engine:
+        store = open_store(f"sqlite:///{path}")
+        service = DossierService(store, Keyring(keys))
+        for _ in range(3):
+            service.receive("11977", channel="online", procedure_code="1.000001",
+                            field="Hộ tịch", due_date=date(2027, 1, 1),
+                            components_digitised=True)
+        return store
+
+    first = history(tmp_path / "first.db")
+    url, _ = settings.replica_url("site-phohien")
+    (tmp_path / "var" / "replicas").mkdir(parents=True)
+    replica = Replica(make_engine(url), "site-phohien")
+    replica.apply(_all_events(first), {("dossier-events", 0): 3})
+    rows = replica.rows()
+    said: list[str] = []
+    _reset_replicas(settings, first, said.append)
+    assert replica.rows() == rows and replica.positions() == {} and not said
+
+    second = history(tmp_path / "second.db")  # new node stores: the same places, new events
+    replica.apply([], {("dossier-events", 0): 3})
+    _reset_replicas(settings, second, said.append)
+    assert replica.rows() == [] and replica.positions() == {} and "emptied" in said[0]
