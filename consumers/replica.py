@@ -195,6 +195,15 @@ class Replica:
                 if not conn.execute(select(status.c.node)).first():
                     conn.execute(status.insert().values(node=self.node, stored=0, refused=0,
                                                         dead_letters=0))
+        inspector = sa_inspect(engine)
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            missing = sorted(set(table.c.keys()) - have)
+            if missing:  # no migrations for a replica: it is rebuilt from the log instead
+                raise ReplicaMismatch(
+                    f"{where} was made by an older motcua ({table.name} has no "
+                    f"{', '.join(missing)}): remove it, and `motcua sync` rebuilds it from "
+                    "the log")
         with reader(engine) as conn:
             held = conn.execute(select(status.c.node)).scalars().all()
         if list(held) != [self.node]:
