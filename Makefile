@@ -20,6 +20,8 @@ bench: install  ## benchmarks; results go in docs/benchmarks.md by hand, with th
 	$(BIN)/python -m bench.codec
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.streams_latency
+	$(BIN)/python -m bench.sync_apply
+	$(BIN)/python -m bench.sync_latency
 
 install: $(STAMP)
 

@@ -19,13 +19,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import date
 from pathlib import Path
 
 import orjson
 from kafka import KafkaConsumer
 from sqlalchemy import select
 
+from bench import receive_at_rate
 from infra.broker import EmbeddedBroker
 from infra.nodes import node_ids
 from producers.migrate import open_store
@@ -79,22 +79,7 @@ def run(seconds: float, interval_ms: int) -> tuple[int, float, float, float]:
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         time.sleep(8)  # the worker joins its group
-        nodes = node_ids()
-        committed: dict[str, float] = {}
-        wall: dict[str, float] = {}
-        start = time.perf_counter()
-        n = 0
-        while time.perf_counter() - start < seconds:
-            due = start + n / RATE
-            pause = due - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            state = service.receive(nodes[n % len(nodes)], channel="online",
-                                    procedure_code="1.000001", field="Hộ tịch",
-                                    due_date=date(2027, 1, 1), components_digitised=True)
-            committed[state.dossier_id] = time.perf_counter()
-            wall[state.dossier_id] = time.time()
-            n += 1
+        committed, wall = receive_at_rate(service, node_ids(), seconds, RATE)
         time.sleep(interval_ms / 1000 + 3)
         stop.set()
         watcher.join(5)

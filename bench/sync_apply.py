@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import date
 from pathlib import Path
 
-from sqlalchemy import Engine, bindparam, create_engine, event, select, text
+from sqlalchemy import Engine, bindparam, create_engine, event, select
 
 from consumers.replica import Replica, dossiers, events, metadata, positions
 from infra.db import insert_for, make_engine
@@ -36,6 +36,7 @@ from schemas.codec import decode, encode
 from schemas.counters import is_call_event
 from schemas.events import AnyEvent
 from schemas.fold import apply, event_key, fold
+from tests.conftest import _pg_schema
 from tests.streams_support import simulate
 from tests.sync_support import node_rows
 
@@ -96,18 +97,13 @@ def peer(engine: Engine, batch: list[tuple[AnyEvent, int]]) -> float:
 
 @contextmanager
 def pg_schema() -> Iterator[Engine]:
+    """An engine on a fresh schema of the test database, dropped after."""
     url = load_settings().test_pg_url
     admin = make_engine(url)
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = make_engine(url, schema=schema)
     try:
-        yield engine
+        with _pg_schema(admin, url) as engine:
+            yield engine
     finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from bench import receive_at_rate
 from bench.sync_apply import pg_schema
 from consumers.replica import dossiers
 from infra.broker import EmbeddedBroker
@@ -105,20 +106,7 @@ def run(seconds: float, pg: bool) -> None:
         time.sleep(6)
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        committed: dict[str, float] = {}
-        wall: dict[str, float] = {}
-        start = time.perf_counter()
-        n = 0
-        while time.perf_counter() - start < seconds:
-            pause = start + n / RATE - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            state = service.receive(communes[n % len(communes)], channel="online",
-                                    procedure_code="1.000001", field="Hộ tịch",
-                                    due_date=date(2027, 1, 1), components_digitised=True)
-            committed[state.dossier_id] = time.perf_counter()
-            wall[state.dossier_id] = time.time()
-            n += 1
+        committed, wall = receive_at_rate(service, communes, seconds, RATE)
         time.sleep(5)
         stop.set()
         watcher.join(5)

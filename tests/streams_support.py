@@ -89,25 +89,18 @@ def produce(kafka_config: dict[str, Any], prefix: str,
     return ends
 
 
-class WorkerProcess:
-    """One `motcua streams` process."""
+class CliProcess:
+    """A `motcua ...` command run as a child process, its output in ``self.log``."""
 
-    def __init__(self, tmp: Path, bootstrap: str, prefix: str, keys: Path, name: str = "w1",
-                 store_url: str | None = None, **env: str) -> None:
-        self.log = tmp / f"{name}.log"
-        self.store_url = store_url or f"sqlite:///{tmp / 'streams.db'}"
-        data = tmp / name
-        data.mkdir(exist_ok=True)
-        self.env = cli_env(MOTCUA_KAFKA_BOOTSTRAP=bootstrap, MOTCUA_TOPIC_PREFIX=prefix,
-                           MOTCUA_KEYS_DIR=str(keys), MOTCUA_DATA_DIR=str(data),
-                           MOTCUA_STREAMS_DB_URL=self.store_url, **env)
+    def __init__(self, log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *args: str) -> WorkerProcess:
+    def run(self, *args: str) -> None:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([*MOTCUA, "streams", *args], env=self.env, stdout=out,
+            self.proc = subprocess.Popen([*MOTCUA, *args], env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT)
-        return self
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -128,6 +121,24 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
+
+
+class WorkerProcess(CliProcess):
+    """One `motcua streams` process."""
+
+    def __init__(self, tmp: Path, bootstrap: str, prefix: str, keys: Path, name: str = "w1",
+                 store_url: str | None = None, **env: str) -> None:
+        self.store_url = store_url or f"sqlite:///{tmp / 'streams.db'}"
+        data = tmp / name
+        data.mkdir(exist_ok=True)
+        super().__init__(tmp / f"{name}.log", cli_env(
+            MOTCUA_KAFKA_BOOTSTRAP=bootstrap, MOTCUA_TOPIC_PREFIX=prefix,
+            MOTCUA_KEYS_DIR=str(keys), MOTCUA_DATA_DIR=str(data),
+            MOTCUA_STREAMS_DB_URL=self.store_url, **env))
+
+    def start(self, *args: str) -> WorkerProcess:
+        self.run("streams", *args)
+        return self
 
 
 def store_view(store_url: str, keys: Path, prefix: str) -> Processor:

@@ -5,7 +5,6 @@ every record."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,8 @@ from consumers.sync import SyncConsumer
 from infra.db import make_engine
 from producers.tables import dossiers, hotline_calls
 from schemas.keys import load_registry
-from tests.integration.test_broker import MOTCUA, cli_env
+from tests.integration.test_broker import cli_env
+from tests.streams_support import CliProcess
 
 
 def node_rows(store: Engine | str, node: str | None = None) -> list[dict[str, Any]]:
@@ -77,49 +77,28 @@ def wait_applied(replica: Replica, ends: dict[tuple[str, int], int], timeout: fl
         time.sleep(0.2)
 
 
-class SyncProcess:
-    """One `motcua sync --node ID` process."""
+class SyncProcess(CliProcess):
+    """One `motcua sync --node ID` process; each start writes its own log."""
 
     def __init__(self, tmp: Path, bootstrap: str, prefix: str, keys: Path, node: str,
                  db: str, **env: str) -> None:
         self.tmp = tmp
-        self.log = tmp / f"sync-{node}.log"
         self.starts = 0
         self.node = node
         data = tmp / f"data-{node}"
         data.mkdir(exist_ok=True)
-        self.env = cli_env(MOTCUA_KAFKA_BOOTSTRAP=bootstrap, MOTCUA_TOPIC_PREFIX=prefix,
-                           MOTCUA_KEYS_DIR=str(keys), MOTCUA_DATA_DIR=str(data),
-                           MOTCUA_SYNC_DB_URL=db, **env)
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(tmp / f"sync-{node}.log", cli_env(
+            MOTCUA_KAFKA_BOOTSTRAP=bootstrap, MOTCUA_TOPIC_PREFIX=prefix,
+            MOTCUA_KEYS_DIR=str(keys), MOTCUA_DATA_DIR=str(data), MOTCUA_SYNC_DB_URL=db,
+            **env))
 
     def start(self) -> SyncProcess:
         self.starts += 1  # a log per start: one run's output is never read as another's
         self.log = self.tmp / f"sync-{self.node}-{self.starts}.log"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([*MOTCUA, "sync", "--node", self.node], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+        self.run("sync", "--node", self.node)
         return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return None if self.proc is None else self.proc.returncode
 
     def gone(self) -> str | None:
         if self.proc is not None and self.proc.poll() is not None:
             return f"sync {self.node} exited with {self.proc.returncode}: {self.output()}"
         return None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
