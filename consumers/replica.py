@@ -113,6 +113,10 @@ status = Table(
 )
 
 
+class _RolledBack(Exception):
+    """Ends a dry run: the transaction rolls back."""
+
+
 class ReplicaMismatch(MotcuaError):
     """The database holds another node's replica, or is not a replica."""
 
@@ -182,33 +186,40 @@ class Replica:
         self.is_site = get_node(node).is_site
         self._insert = insert_for(engine.dialect.name)
         where = engine.url.render_as_string(hide_password=True)
-        tables = set(sa_inspect(engine).get_table_names())
+        with reader(engine) as conn:  # inspecting takes no write lock
+            inspector = sa_inspect(conn)
+            tables = set(inspector.get_table_names())
+            columns = {t.name: {c["name"] for c in inspector.get_columns(t.name)}
+                       for t in metadata.sorted_tables if t.name in tables}
         if {"outbox", "node_heads"} & tables:
             raise ReplicaMismatch(f"{where} is a node store, not a replica: give the replica "
                                   "its own database (--db / MOTCUA_SYNC_DB_URL)")
-        if not create:
-            if status.name not in tables:
-                raise ReplicaMismatch(f"{where} holds no replica yet")
-        else:
-            metadata.create_all(engine)
+        if not create and status.name not in tables:
+            raise ReplicaMismatch(f"{where} holds no replica yet")
+        if create:
+            metadata.create_all(engine)  # the tables that are not there yet
+            with reader(engine) as conn:
+                inspector = sa_inspect(conn)
+                columns = {t.name: {c["name"] for c in inspector.get_columns(t.name)}
+                           for t in metadata.sorted_tables}
+        for table in metadata.sorted_tables:
+            missing = sorted(set(table.c.keys()) - columns.get(table.name, set()))
+            if missing:  # no migrations for a replica: it is rebuilt from the log instead
+                raise ReplicaMismatch(
+                    f"{where} was made by an older motcua ({table.name} lacks "
+                    f"{', '.join(missing)}): remove it, and `motcua sync` rebuilds it from "
+                    "the log")
+        if create:
             with engine.begin() as conn:
                 if not conn.execute(select(status.c.node)).first():
                     conn.execute(status.insert().values(node=self.node, stored=0, refused=0,
                                                         dead_letters=0))
-        inspector = sa_inspect(engine)
-        for table in metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            missing = sorted(set(table.c.keys()) - have)
-            if missing:  # no migrations for a replica: it is rebuilt from the log instead
-                raise ReplicaMismatch(
-                    f"{where} was made by an older motcua ({table.name} has no "
-                    f"{', '.join(missing)}): remove it, and `motcua sync` rebuilds it from "
-                    "the log")
         with reader(engine) as conn:
             held = conn.execute(select(status.c.node)).scalars().all()
         if list(held) != [self.node]:
-            raise ReplicaMismatch(f"{where} holds the replica of {', '.join(held)}, not "
-                                  f"{self.node}: give each node its own database")
+            raise ReplicaMismatch(f"{where} holds the replica of "
+                                  f"{', '.join(held) or 'no node yet'}, not {self.node}: "
+                                  "give each node its own database")
 
     # --- applying ---------------------------------------------------------------------------
 
@@ -216,14 +227,25 @@ class Replica:
               moved: Mapping[tuple[str, int], int] | None = None, *,
               digests: Mapping[tuple[str, int], str] | None = None,
               dead_letters: int = 0,
-              before_commit: BeforeCommit | None = None) -> Applied:
+              before_commit: BeforeCommit | None = None,
+              dry_run: bool = False) -> Applied:
         """Store ``batch`` (verified events) and bring the rows it touches up to date, with
         the source positions ``moved`` ({(topic, partition): next offset}, with the sha256
         of the record below each in ``digests``), in one transaction. ``before_commit``
         gets the refusals inside the transaction, to write them to dead-letters with the
         ``dead_letters`` records the caller rejected itself (if it raises, nothing is
-        committed). Replaying a batch changes nothing."""
+        committed). Replaying a batch changes nothing. ``dry_run`` rolls everything back
+        (does the database take these events?)."""
         result = Applied()
+        try:
+            self._apply(batch, moved, digests, dead_letters, before_commit, dry_run, result)
+        except _RolledBack:
+            pass
+        return result
+
+    def _apply(self, batch: Sequence[AnyEvent], moved: Mapping[tuple[str, int], int] | None,
+               digests: Mapping[tuple[str, int], str] | None, dead_letters: int,
+               before_commit: BeforeCommit | None, dry_run: bool, result: Applied) -> None:
         with self.engine.begin() as conn:
             # one writer at a time, as SQLite's BEGIN IMMEDIATE gives: two consumers on one
             # PostgreSQL replica would otherwise not see each other's neighbours in a chain
@@ -256,7 +278,8 @@ class Replica:
                 changes.update(last_error=f"refused: {result.refused[-1].reason}",
                                last_error_at=now)
             conn.execute(update(status).values(**changes))
-        return result
+            if dry_run:
+                raise _RolledBack
 
     def _store(self, conn: Connection, batch: Sequence[AnyEvent], result: Applied
                ) -> list[AnyEvent]:
@@ -438,10 +461,11 @@ class Replica:
             return {(r.topic, r.partition): int(r.next_offset)
                     for r in conn.execute(select(positions))}
 
-    def digests(self) -> dict[tuple[str, int], str | None]:
-        """Per source partition, the sha256 of the last record applied from it."""
+    def positions_with_digests(self) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """Per source partition, (next offset, sha256 of the last record applied from it),
+        read in one snapshot."""
         with reader(self.engine) as conn:
-            return {(r.topic, r.partition): r.last_digest
+            return {(r.topic, r.partition): (int(r.next_offset), r.last_digest)
                     for r in conn.execute(select(positions))}
 
     def chain_starts(self) -> dict[str, str]:
@@ -450,6 +474,13 @@ class Replica:
         with reader(self.engine) as conn:
             return {o: h for o, h in conn.execute(
                 select(events.c.origin, events.c.hash).where(events.c.origin_seq == 1))}
+
+    def chain_heads(self) -> dict[str, int]:
+        """Each origin's highest seq held."""
+        with reader(self.engine) as conn:
+            return {o: int(n) for o, n in conn.execute(
+                select(events.c.origin, func.max(events.c.origin_seq))
+                .group_by(events.c.origin))}
 
     def forget_position(self, topic: str, partition: int) -> None:
         with self.engine.begin() as conn:

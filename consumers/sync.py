@@ -73,7 +73,15 @@ class SyncConsumer:
         producer = KafkaProducer(**self.kafka_config, acks="all", linger_ms=5)
         try:
             tps = self._assign(consumer, stop)
-            self._check_positions(consumer, tps, stop)
+            while not stop.is_set():
+                try:
+                    self._check_positions(consumer, tps, stop)
+                    break
+                except (*STORE_ERRORS, KafkaError, OSError) as exc:
+                    self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    stop.wait(RETRY_SECONDS)
+                finally:
+                    consumer.resume(*tps)
             self._seek_to_stored(consumer, tps, stop)
             beat = time.monotonic()
             while not stop.is_set():
@@ -90,7 +98,7 @@ class SyncConsumer:
                     except DATA_ERRORS:  # a record the database refuses: find it
                         self._apply_one_by_one(polled, producer)
                     beat = time.monotonic()
-                except (*STORE_ERRORS, KafkaError, OSError) as exc:
+                except (*STORE_ERRORS, KafkaError, OSError, StoreRefusesAll) as exc:
                     self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
                     stop.wait(RETRY_SECONDS)
                     self._seek_to_stored(consumer, tps, stop)  # what was polled comes again
@@ -133,14 +141,11 @@ class SyncConsumer:
         recreated, an in-memory broker restarted, the log no longer reaches that far), the
         partition is read again from its start: duplicates cost little, skipped records
         cost events."""
-        stored = self._stored(stop)
-        try:
-            digests = self.replica.digests()
-        except STORE_ERRORS:
-            digests = {}
-        probe = {tp: stored[(tp.topic, tp.partition)] - 1 for tp in tps
-                 if stored.get((tp.topic, tp.partition), 0) > 0
-                 and digests.get((tp.topic, tp.partition))}
+        stored = self.replica.positions_with_digests()  # errors: the caller retries
+        probe = {tp: stored[(tp.topic, tp.partition)][0] - 1 for tp in tps
+                 if (tp.topic, tp.partition) in stored
+                 and stored[(tp.topic, tp.partition)][0] > 0
+                 and stored[(tp.topic, tp.partition)][1]}
         if not probe:
             return
         for tp, offset in probe.items():
@@ -157,10 +162,13 @@ class SyncConsumer:
                 high = consumer.highwater(tp)
                 if tp not in found and high is not None and high <= probe[tp]:
                     found[tp] = None  # the log ends before the stored position
-        consumer.resume(*tps)
+        if len(found) < len(probe):
+            log.warning("%s: could not check %d stored positions in %g s; trusting them",
+                        self.node, len(probe) - len(found), timeout)
         for tp, rec in found.items():
-            if (rec is not None and rec.offset == probe[tp]
-                    and _digest(rec.value) == digests.get((tp.topic, tp.partition))):
+            if rec is not None and rec.offset > probe[tp]:
+                continue  # retention took the record below: the main loop reports a loss
+            if rec is not None and _digest(rec.value) == stored[(tp.topic, tp.partition)][1]:
                 continue
             where = "ends before" if rec is None else "holds another record at"
             self._failed(f"{tp.topic}[{tp.partition}]: the log {where} offset {probe[tp]} "
@@ -225,14 +233,31 @@ class SyncConsumer:
                           producer: KafkaProducer) -> None:
         """The database refused the poll as a whole: apply it record by record, and send the
         record it refuses to dead-letters (with the database's reason), so nothing valid
-        behind it waits (G5)."""
-        for tp, records in polled.items():
-            for rec in records:
-                try:
-                    self._apply({tp: [rec]}, producer)
-                except DATA_ERRORS as exc:
-                    reason = f"the replica's database refuses it: {type(exc).__name__}: {exc}"
-                    self._apply({tp: [rec]}, producer, unstorable=reason.splitlines()[0])
+        behind it waits (G5). If the record after it is refused too (tried in a transaction
+        rolled back), the fault is the database's, not the records': nothing is
+        dead-lettered, and the poll is retried and reported like any store failure."""
+        records = [(tp, rec) for tp, recs in polled.items() for rec in recs]
+        for i, (tp, rec) in enumerate(records):
+            try:
+                self._apply({tp: [rec]}, producer)
+            except DATA_ERRORS as exc:
+                reason = f"the replica's database refuses it: {type(exc).__name__}: {exc}"
+                if i + 1 < len(records) and self._refused(*records[i + 1]):
+                    raise StoreRefusesAll(f"the replica's database refuses consecutive "
+                                          f"records ({reason.splitlines()[0]})") from None
+                self._apply({tp: [rec]}, producer, unstorable=reason.splitlines()[0])
+
+    def _refused(self, tp: TopicPartition, rec: Any) -> bool:
+        """Whether the database refuses this record's event (a dry run)."""
+        try:
+            event = checked_event(rec.key, rec.value, self.registry)
+        except MotcuaError:
+            return False  # not an event: a dead letter anyway, says nothing of the store
+        try:
+            self.replica.apply([event], dry_run=True)
+        except DATA_ERRORS:
+            return True
+        return False
 
     def _letter(self, reason: str, tp: TopicPartition, rec: Any,
                 exc: MotcuaError | None = None) -> DeadLetter:
@@ -253,6 +278,10 @@ class SyncConsumer:
             call(*args)
         except STORE_ERRORS:
             pass  # the database is what failed; the error is logged and retried already
+
+
+class StoreRefusesAll(MotcuaError):
+    """The replica's database refuses records one after another: its fault, not theirs."""
 
 
 def _digest(value: bytes | None) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from consumers.replica import Replica, ReplicaMismatch
+from consumers.replica import Replica
 from consumers.sync import SOURCE_TOPICS, SyncConsumer, lag_of
 from infra.db import make_engine
 from infra.nodes import UnknownNode, get_node
@@ -63,7 +63,11 @@ def open_replica(settings: Settings, node: str, db: str | None = None, *,
         if engine is not None:
             engine.dispose()
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MotcuaError(f"{node}'s replica at {url}: {reason}") from None
+        try:
+            shown = make_url(url).render_as_string(hide_password=True)
+        except ArgumentError:
+            shown = "(an unreadable URL)"
+        raise MotcuaError(f"{node}'s replica at {shown}: {reason}") from None
 
 
 def replica_exists(settings: Settings, node: str, db: str | None = None) -> bool:
@@ -166,7 +170,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     for node in nodes:
         try:
             rows.append(node_status(settings, node, args.db, args.timeout))
-        except ReplicaMismatch as exc:  # one node's replica unreadable: say so, go on
+        except MotcuaError as exc:  # one node's replica unreadable: say so, go on
             rows.append({"node": node, "replica": str(exc)})
     if args.json:
         say(json.dumps(rows, ensure_ascii=False, indent=1))

@@ -214,7 +214,8 @@ def _simulate(sim: Simulator, say: Say) -> None:
 def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
     """The new log holds the node stores' events at new offsets. A replica holding the same
     history reads it again (duplicates); one holding another history (the node stores
-    were made anew) is emptied, or every new event would be refused as a fork."""
+    were made anew, or restored from an older copy) is emptied, or the stores' new events
+    would be refused as forks."""
     from infra.sync_cli import open_replica, replica_exists
 
     starts = store.chain_starts(engine)
@@ -223,8 +224,10 @@ def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
             continue
         replica = open_replica(settings, node)
         try:
-            held = replica.chain_starts()
-            if any(starts.get(origin) != h for origin, h in held.items()):
+            heads = replica.chain_heads()
+            other = [o for o, h in replica.chain_starts().items()
+                     if o not in starts or starts[o][0] != h or heads[o] > starts[o][1]]
+            if other:  # another first event, or more events than the store ever had
                 replica.clear()
                 say(f"sync {node}: replica emptied (it held another history than the node "
                     "stores)")

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from infra.db import insert_for
+from infra.db import insert_for, reader
 from producers.tables import dossiers, node_heads, outbox
 from schemas.codec import decode, encode
 from schemas.enums import Channel, DossierStatus
@@ -94,11 +94,14 @@ def republish_all(engine: Engine) -> int:
         return int(result.rowcount or 0)
 
 
-def chain_starts(engine: Engine) -> dict[str, str]:
-    """The hash of each node's first event (seq 1) in the store."""
-    with engine.connect() as conn:
-        return {o: h for o, h in conn.execute(
+def chain_starts(engine: Engine) -> dict[str, tuple[str, int]]:
+    """Per node: the hash of its first event (seq 1) and its last seq, in the store."""
+    with reader(engine) as conn:
+        firsts = {o: h for o, h in conn.execute(
             select(outbox.c.origin, outbox.c.hash).where(outbox.c.origin_seq == 1))}
+        lasts = {o: int(n) for o, n in conn.execute(
+            select(node_heads.c.node_id, node_heads.c.last_seq))}
+    return {o: (h, lasts.get(o, 0)) for o, h in firsts.items()}
 
 
 def events_of(conn: Connection, dossier_id: str) -> list[AnyEvent]:

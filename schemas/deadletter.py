@@ -19,6 +19,8 @@ import orjson
 from schemas.errors import MotcuaError, SchemaError
 
 MAX_ORIGINAL = 64 * 1024  # events are refused above 16 KiB; this keeps any of them whole
+MAX_KEY = 1024  # a key of any size must not make the letter too large to publish
+MAX_REASON = 2000
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,20 @@ class DeadLetter:
         return cls(str(exc), source_topic, partition, offset, key, value, stage, field)
 
     def record(self, now: datetime | None = None) -> tuple[bytes, bytes]:
-        """(key, value) for the dead-letters topic. An original over ``MAX_ORIGINAL`` bytes is
-        cut, with its length and sha256 kept: base64 of a message near the broker's size
+        """(key, value) for the dead-letters topic. An original over ``MAX_ORIGINAL`` bytes
+        (a key over ``MAX_KEY``, a reason over ``MAX_REASON``) is cut, with its length and
+        sha256 kept: base64 of a message near the broker's size
         limit would itself be too large to publish, and its partition would stall."""
+        reason = (self.reason if len(self.reason) <= MAX_REASON
+                  else self.reason[:MAX_REASON] + " [...]")
         body: dict[str, Any] = {
-            "reason": self.reason, "field": self.field, "stage": self.stage,
+            "reason": reason, "field": self.field, "stage": self.stage,
             "source": {"topic": self.source_topic, "partition": self.partition,
                        "offset": self.offset},
-            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
+            "key_b64": (None if self.key is None
+                        else base64.b64encode(self.key[:MAX_KEY]).decode()),
+            "key_bytes": None if self.key is None else len(self.key),
+            "key_truncated": self.key is not None and len(self.key) > MAX_KEY,
             "original_b64": (None if self.value is None
                              else base64.b64encode(self.value[:MAX_ORIGINAL]).decode()),
             "original_bytes": None if self.value is None else len(self.value),

@@ -125,7 +125,8 @@ def checked_event(key: bytes | None, value: bytes | None, registry: KeyRegistry 
     if signatures:
         verify(event, registry)
     if key != event.dossier_id.encode():
-        raise MotcuaError(f"<key>: record key {key!r} is not the subject id "
+        shown = key if key is None or len(key) <= 80 else key[:80] + b"..."
+        raise MotcuaError(f"<key>: record key {shown!r} is not the subject id "
                           f"{event.dossier_id!r}; keyed so, its events would split across "
                           "partitions")
     return event

@@ -320,9 +320,10 @@ def _all_events(store: Engine) -> list[Any]:
 
 
 class Faulty(Replica):
-    """A replica whose database fails on purpose: calls 2 and 3 of ``apply`` as if the
-    dead letters were not acknowledged (transient), and any batch holding ``refused_id``
-    as if the database refused one of its values (a data error)."""
+    """A replica whose database fails on purpose: calls 2 and 3 of ``apply`` fail inside
+    the transaction, after the events went in, as if the dead letters were not
+    acknowledged (transient: rolled back, retried); any batch holding ``refused_id``
+    fails as if the database refused one of its values (a data error)."""
 
     def __init__(self, engine: Engine, node: str, refused_id: str) -> None:
         super().__init__(engine, node)
@@ -332,7 +333,9 @@ class Faulty(Replica):
     def apply(self, batch: Sequence[AnyEvent], moved: Any = None, **kw: Any) -> Applied:
         self.calls += 1
         if self.calls in (2, 3):
-            raise KafkaTimeoutError("injected: dead letters not acknowledged")
+            def fail(_refusals: object) -> None:
+                raise KafkaTimeoutError("injected: dead letters not acknowledged")
+            kw["before_commit"] = fail
         if any(e.event_id == self.refused_id for e in batch):
             raise sa_exc.DataError("INSERT", {}, ValueError("injected: value refused"))
         return super().apply(batch, moved, **kw)
@@ -349,6 +352,7 @@ def test_failed_applies_are_retried_and_a_refused_record_is_isolated(
     with sync_thread(replica, kafka_config, day.keys_dir, prefix, max_records=200) as c:
         wait_applied(replica, ends, 120)
     assert replica.calls > 5 and c.dead == 1
+    assert c.applied.duplicates == 0  # the rolled-back polls came again, as new
 
     # every record below the positions is held, except the one refused: nothing lost to
     # the failed attempts, and only that dossier differs from the nodes
@@ -379,10 +383,9 @@ def test_positions_from_another_log_are_detected_and_the_partition_read_again(
     stale = {tp: end + 5 if i % 2 else end for i, (tp, end) in enumerate(sorted(ends.items()))}
     replica.apply(half, stale, digests=dict.fromkeys(stale, "0" * 64))
     with sync_thread(replica, kafka_config, day.keys_dir, prefix) as c:
-        wait_applied(replica, ends, 120)
-        deadline = time.monotonic() + 60
-        while replica.status()["stored"] != len(day.records):
-            assert time.monotonic() < deadline, replica.status()
+        deadline = time.monotonic() + 120  # the stale positions are at or past the ends
+        while replica.positions() != ends or replica.status()["stored"] != len(day.records):
+            assert time.monotonic() < deadline, (replica.status(), c.last_error)
             time.sleep(0.2)
     assert c.applied.duplicates == len(half)  # read again: the held half, as duplicates
     assert replica.rows() == node_rows(f"sqlite:///{day.keys_dir.parent / 'nodes.db'}")
@@ -421,3 +424,27 @@ def test_up_keeps_a_replica_of_the_same_history_and_empties_one_of_another(
     replica.apply([], {("dossier-events", 0): 3})
     _reset_replicas(settings, second, said.append)
     assert replica.rows() == [] and replica.positions() == {} and "emptied" in said[0]
+
+
+class Refusing(Replica):
+    """A replica whose database refuses every event (a broken column, say)."""
+
+    def apply(self, batch: Sequence[AnyEvent], moved: Any = None, **kw: Any) -> Applied:
+        if batch:
+            raise sa_exc.DataError("INSERT", {}, ValueError("injected: column broken"))
+        return super().apply(batch, moved, **kw)
+
+
+def test_a_database_that_refuses_everything_dead_letters_nothing(
+        tmp_path: Path, kafka_config: dict[str, Any], day: Workload, prefix: str) -> None:
+    provision(kafka_config, prefix)
+    produce(kafka_config, prefix, day.records)
+    replica = Refusing(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien")
+    with sync_thread(replica, kafka_config, day.keys_dir, prefix) as c:
+        deadline = time.monotonic() + 60
+        while "refuses consecutive records" not in str(c.last_error):
+            assert time.monotonic() < deadline, c.last_error
+            time.sleep(0.1)
+    assert c.dead == 0 and replica.positions() == {}  # retried and reported, not skipped
+    assert "refuses consecutive" in str(replica.status()["last_error"])
+    assert list(read_to_end(kafka_config, prefix + DEAD_LETTERS)) == []
