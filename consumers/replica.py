@@ -27,10 +27,10 @@ commune only from a late event on, when its earlier events must be folded too.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -68,6 +68,7 @@ from schemas.events import GENESIS_HASH, AnyEvent, DossierReceived
 from schemas.fold import DossierState, apply, event_key, fold, in_fold_order
 
 metadata = MetaData()
+T = TypeVar("T")
 
 #: Every distinct event the replica holds; (origin, origin_seq) is the event's place in its
 #: origin's chain, so a second, different event in the same place is a fork, not a copy.
@@ -186,11 +187,7 @@ class Replica:
         self.is_site = get_node(node).is_site
         self._insert = insert_for(engine.dialect.name)
         where = engine.url.render_as_string(hide_password=True)
-        with reader(engine) as conn:  # inspecting takes no write lock
-            inspector = sa_inspect(conn)
-            tables = set(inspector.get_table_names())
-            columns = {t.name: {c["name"] for c in inspector.get_columns(t.name)}
-                       for t in metadata.sorted_tables if t.name in tables}
+        tables, columns = _shape(engine)
         if {"outbox", "node_heads"} & tables:
             raise ReplicaMismatch(f"{where} is a node store, not a replica: give the replica "
                                   "its own database (--db / MOTCUA_SYNC_DB_URL)")
@@ -198,10 +195,7 @@ class Replica:
             raise ReplicaMismatch(f"{where} holds no replica yet")
         if create:
             metadata.create_all(engine)  # the tables that are not there yet
-            with reader(engine) as conn:
-                inspector = sa_inspect(conn)
-                columns = {t.name: {c["name"] for c in inspector.get_columns(t.name)}
-                           for t in metadata.sorted_tables}
+            tables, columns = _shape(engine)
         for table in metadata.sorted_tables:
             missing = sorted(set(table.c.keys()) - columns.get(table.name, set()))
             if missing:  # no migrations for a replica: it is rebuilt from the log instead
@@ -290,17 +284,14 @@ class Replica:
             wanted[e.origin].update((e.origin_seq - 1, e.origin_seq, e.origin_seq + 1))
         held: dict[tuple[str, int], tuple[str, str]] = {}  # place -> (hash, prev_hash)
         for origin, seqs in wanted.items():
-            ordered = sorted(seqs)
-            for i in range(0, len(ordered), _CHUNK):
-                for row in conn.execute(_HELD, {"origin": origin,
-                                                "seqs": ordered[i:i + _CHUNK]}):
+            for chunk in _chunks(sorted(seqs)):
+                for row in conn.execute(_HELD, {"origin": origin, "seqs": chunk}):
                     held[(origin, row.origin_seq)] = (row.hash, row.prev_hash)
-        ids = sorted({e.event_id for e in batch})
         taken: set[str] = set()
-        for i in range(0, len(ids), _CHUNK):
-            taken.update(conn.execute(_HELD_IDS, {"ids": ids[i:i + _CHUNK]}).scalars())
+        for ids in _chunks(sorted({e.event_id for e in batch})):
+            taken.update(conn.execute(_HELD_IDS, {"ids": ids}).scalars())
         kept: list[AnyEvent] = []
-        seen: dict[str, tuple[str, int]] = {}  # event_id -> place, within this batch
+        seen: set[str] = set()  # event ids kept from this batch
         for e in sorted(batch, key=lambda e: (e.origin, e.origin_seq)):
             place = (e.origin, e.origin_seq)
             if place in held:
@@ -321,7 +312,7 @@ class Replica:
                 result.refused.append(Refusal(e, f"chain break: {reason}"))
                 continue
             held[place] = (e.hash, e.prev_hash)
-            seen[e.event_id] = place
+            seen.add(e.event_id)
             kept.append(e)
         if kept:
             self._insert_many(conn, events, [{
@@ -340,8 +331,8 @@ class Replica:
             by_dossier[e.dossier_id].append(e)
         ids = sorted(by_dossier)
         current: dict[str, DossierState] = {}
-        for i in range(0, len(ids), _CHUNK):
-            for row in conn.execute(_ROWS, {"ids": ids[i:i + _CHUNK]}):
+        for chunk in _chunks(ids):
+            for row in conn.execute(_ROWS, {"ids": chunk}):
                 current[row.dossier_id] = state_from_row(row)
         states: dict[str, DossierState] = {}
         refold: list[str] = []
@@ -367,8 +358,8 @@ class Replica:
         if not states:
             return
         gone = sorted(states)
-        for i in range(0, len(gone), _CHUNK):
-            conn.execute(delete(dossiers).where(dossiers.c.dossier_id.in_(gone[i:i + _CHUNK])))
+        for chunk in _chunks(gone):
+            conn.execute(delete(dossiers).where(dossiers.c.dossier_id.in_(chunk)))
         self._insert_many(conn, dossiers, [state_to_row(states[d]) for d in gone])
         result.dossiers += len(gone)
 
@@ -403,9 +394,8 @@ class Replica:
                          "closed_at": state.closed_at,
                          "resolved": state.resolved if state.closed_at is not None else None})
         if rows:
-            ids = [r["call_id"] for r in rows]
-            for i in range(0, len(ids), _CHUNK):
-                conn.execute(delete(calls).where(calls.c.call_id.in_(ids[i:i + _CHUNK])))
+            for chunk in _chunks([r["call_id"] for r in rows]):
+                conn.execute(delete(calls).where(calls.c.call_id.in_(chunk)))
             conn.execute(calls.insert(), rows)
             result.calls += len(rows)
 
@@ -457,9 +447,7 @@ class Replica:
                 select(calls).order_by(calls.c.call_id))]
 
     def positions(self) -> dict[tuple[str, int], int]:
-        with reader(self.engine) as conn:
-            return {(r.topic, r.partition): int(r.next_offset)
-                    for r in conn.execute(select(positions))}
+        return {tp: offset for tp, (offset, _) in self.positions_with_digests().items()}
 
     def positions_with_digests(self) -> dict[tuple[str, int], tuple[int, str | None]]:
         """Per source partition, (next offset, sha256 of the last record applied from it),
@@ -504,12 +492,27 @@ class Replica:
                                                last_error_at=None))
 
 
+def _shape(engine: Engine) -> tuple[set[str], dict[str, set[str]]]:
+    """The database's table names, and the columns of the replica's tables it has (read
+    without SQLite's write lock)."""
+    with reader(engine) as conn:
+        inspector = sa_inspect(conn)
+        tables = set(inspector.get_table_names())
+        return tables, {t.name: {c["name"] for c in inspector.get_columns(t.name)}
+                        for t in metadata.sorted_tables if t.name in tables}
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items`` in slices short enough for one IN list."""
+    for i in range(0, len(items), _CHUNK):
+        yield items[i:i + _CHUNK]
+
+
 def _held_events(conn: Connection, ids: Iterable[str]) -> dict[str, list[AnyEvent]]:
     """Every held event of each subject in ``ids``."""
-    wanted = sorted(ids)
     out: dict[str, list[AnyEvent]] = defaultdict(list)
-    for i in range(0, len(wanted), _CHUNK):
-        for dossier_id, body in conn.execute(_BODIES, {"ids": wanted[i:i + _CHUNK]}):
+    for chunk in _chunks(sorted(ids)):
+        for dossier_id, body in conn.execute(_BODIES, {"ids": chunk}):
             out[dossier_id].append(decode(bytes(body)))
     return out
 

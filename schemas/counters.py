@@ -41,7 +41,7 @@ from schemas.events import (
     HotlineCallClosed,
     HotlineCallReceived,
 )
-from schemas.fold import DossierState, EventKey, event_key, fold, in_fold_order
+from schemas.fold import DossierState, EventKey, event_key, fold, fold_with
 
 CounterKey = tuple[str, str, str]  # (scope, period, measure)
 
@@ -183,13 +183,7 @@ class CallState:
 def fold_call(events: Iterable[AnyEvent], call_id: str | None = None) -> CallState | None:
     """A hotline call's state from any collection of its events (order and duplicates do not
     matter; same tie-breaks as the dossier fold)."""
-    ordered = in_fold_order(events)
-    if not ordered:
-        return None
-    state = CallState(call_id or ordered[0].dossier_id)
-    for event in ordered:
-        state = apply_call(state, event)
-    return state
+    return fold_with(events, CallState, apply_call, call_id)
 
 
 def apply_call(state: CallState, event: AnyEvent) -> CallState:

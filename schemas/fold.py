@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.enums import HANDLED, Channel, DossierStatus, Timeliness
 from schemas.events import (
@@ -100,12 +100,22 @@ class DossierState:
 def fold(events: Iterable[AnyEvent], dossier_id: str | None = None) -> DossierState | None:
     """The state of one dossier from any collection of its events (order and duplicates do
     not matter). ``None`` if there are no events."""
+    return fold_with(events, DossierState, apply, dossier_id)
+
+
+S = TypeVar("S")
+
+
+def fold_with(events: Iterable[AnyEvent], start: Callable[[str], S],
+              step: Callable[[S, AnyEvent], S], subject_id: str | None = None) -> S | None:
+    """A subject's state from ``start(subject id)`` and ``step`` over its distinct events in
+    fold order (dossiers here, hotline calls in schemas.counters). ``None`` if none."""
     ordered = in_fold_order(events)
     if not ordered:
         return None
-    state = DossierState(dossier_id or ordered[0].dossier_id)
+    state = start(subject_id or ordered[0].dossier_id)
     for event in ordered:
-        state = apply(state, event)
+        state = step(state, event)
     return state
 
 
