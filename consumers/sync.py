@@ -78,7 +78,7 @@ class SyncConsumer:
                     self._check_positions(consumer, tps, stop)
                     break
                 except (*STORE_ERRORS, KafkaError, OSError) as exc:
-                    self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    self._failed(_describe(exc))
                     stop.wait(RETRY_SECONDS)
                 finally:
                     consumer.resume(*tps)
@@ -99,7 +99,7 @@ class SyncConsumer:
                         self._apply_one_by_one(polled, producer)
                     beat = time.monotonic()
                 except (*STORE_ERRORS, KafkaError, OSError, StoreRefusesAll) as exc:
-                    self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    self._failed(_describe(exc))
                     stop.wait(RETRY_SECONDS)
                     self._seek_to_stored(consumer, tps, stop)  # what was polled comes again
         finally:
@@ -123,7 +123,7 @@ class SyncConsumer:
             try:
                 return self.replica.positions()
             except STORE_ERRORS as exc:
-                self._failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                self._failed(_describe(exc))
                 if stop.wait(RETRY_SECONDS):
                     return {}
 
@@ -148,20 +148,8 @@ class SyncConsumer:
                  and stored[(tp.topic, tp.partition)][1]}
         if not probe:
             return
-        for tp, offset in probe.items():
-            consumer.seek(tp, offset)
         consumer.pause(*[tp for tp in tps if tp not in probe])
-        found: dict[TopicPartition, Any] = {}
-        deadline = time.monotonic() + timeout
-        while len(found) < len(probe) and time.monotonic() < deadline and not stop.is_set():
-            for tp, records in consumer.poll(timeout_ms=200, max_records=500).items():
-                if tp in probe and tp not in found and records:
-                    found[tp] = records[0]
-                    consumer.pause(tp)
-            for tp in probe:
-                high = consumer.highwater(tp)
-                if tp not in found and high is not None and high <= probe[tp]:
-                    found[tp] = None  # the log ends before the stored position
+        found = first_records(consumer, probe, time.monotonic() + timeout, stop)
         if len(found) < len(probe):
             log.warning("%s: could not check %d stored positions in %g s; trusting them",
                         self.node, len(probe) - len(found), timeout)
@@ -241,11 +229,12 @@ class SyncConsumer:
             try:
                 self._apply({tp: [rec]}, producer)
             except DATA_ERRORS as exc:
-                reason = f"the replica's database refuses it: {type(exc).__name__}: {exc}"
                 if i + 1 < len(records) and self._refused(*records[i + 1]):
                     raise StoreRefusesAll(f"the replica's database refuses consecutive "
-                                          f"records ({reason.splitlines()[0]})") from None
-                self._apply({tp: [rec]}, producer, unstorable=reason.splitlines()[0])
+                                          f"records (the replica's database refuses it: "
+                                          f"{_describe(exc)})") from None
+                self._apply({tp: [rec]}, producer,
+                            unstorable=f"the replica's database refuses it: {_describe(exc)}")
 
     def _refused(self, tp: TopicPartition, rec: Any) -> bool:
         """Whether the database refuses this record's event (a dry run)."""
@@ -280,8 +269,40 @@ class SyncConsumer:
             pass  # the database is what failed; the error is logged and retried already
 
 
+def first_records(consumer: KafkaConsumer, starts: dict[TopicPartition, int],
+                  deadline: float, stop: threading.Event | None = None
+                  ) -> dict[TopicPartition, Any | None]:
+    """For each assigned partition of ``starts``: its first record at or after the start
+    offset, or None if the log ends before it. The end is the high watermark seen in fetch
+    responses (ListOffsets is too low on the embedded broker: DESIGN.md "Known facts").
+    Partitions not known by ``deadline`` (or a stop) are left out. Each partition is
+    paused once known: the caller resumes and seeks."""
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    found: dict[TopicPartition, Any | None] = {}
+    while len(found) < len(starts) and time.monotonic() < deadline and not (
+            stop is not None and stop.is_set()):
+        for tp, records in consumer.poll(timeout_ms=200, max_records=500).items():
+            if tp in starts and tp not in found and records:
+                # a record below the start: the position was out of range, reset to the
+                # log's start, so the log ends before it
+                found[tp] = records[0] if records[0].offset >= starts[tp] else None
+                consumer.pause(tp)
+        for tp, offset in starts.items():
+            high = consumer.highwater(tp)
+            if tp not in found and high is not None and high <= offset:
+                found[tp] = None
+                consumer.pause(tp)
+    return found
+
+
 class StoreRefusesAll(MotcuaError):
     """The replica's database refuses records one after another: its fault, not theirs."""
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for logs and ``sync status``: the error's type and first line."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _digest(value: bytes | None) -> str:
@@ -318,27 +339,15 @@ def lag_of(kafka_config: dict[str, Any], topics: Sequence[str],
             raise MotcuaError(f"topics {', '.join(topics)} do not exist (run `motcua topics "
                               "create` or `motcua up`)")
         consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, stored.get((tp.topic, tp.partition), 0))
-        first: dict[TopicPartition, int] = {}  # timestamp of the first record not applied
-        deadline = time.monotonic() + timeout
-        while True:
-            for tp, records in consumer.poll(timeout_ms=200, max_records=500).items():
-                if records and tp not in first:
-                    first[tp] = records[0].timestamp
-                    consumer.pause(tp)
-            high = {tp: consumer.highwater(tp) for tp in tps}
-            if all(h is not None and (tp in first or stored.get((tp.topic, tp.partition), 0)
-                                      >= h) for tp, h in high.items()):
-                break
-            if time.monotonic() > deadline:
-                raise MotcuaError(f"could not read the log end of {', '.join(topics)} in "
-                                  f"{timeout:g} s (is the broker up?)")
-        beyond = [tp for tp, h in high.items()
-                  if stored.get((tp.topic, tp.partition), 0) > (h or 0)]
-        behind = sum(max(0, (h or 0) - stored.get((tp.topic, tp.partition), 0))
-                     for tp, h in high.items())
-        oldest = [ts for tp, ts in first.items() if tp not in beyond]
+        starts = {tp: stored.get((tp.topic, tp.partition), 0) for tp in tps}
+        first = first_records(consumer, starts, time.monotonic() + timeout)
+        if len(first) < len(tps):
+            raise MotcuaError(f"could not read the log end of {', '.join(topics)} in "
+                              f"{timeout:g} s (is the broker up?)")
+        high = {tp: consumer.highwater(tp) or 0 for tp in tps}
+        beyond = [tp for tp in tps if starts[tp] > high[tp]]
+        behind = sum(max(0, high[tp] - starts[tp]) for tp in tps)
+        oldest = [rec.timestamp for rec in first.values() if rec is not None]
         return Lag(behind, min(oldest) if oldest else None,
                    [f"{tp.topic}[{tp.partition}]" for tp in beyond])
     finally:
