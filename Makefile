@@ -4,13 +4,24 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint bench install clean
+# the PostgreSQL that .ci/services.sh starts; the brokers the suite runs on (tansu|kafka|both)
+export MOTCUA_TEST_PG_URL ?= postgresql+psycopg://postgres:motcua@127.0.0.1:5432/test
+export MOTCUA_TEST_BROKER ?= both
+
+.PHONY: up up-kafka test lint bench install services clean
 
 up: install  ## run the whole system on this machine (embedded broker, memory storage)
 	$(BIN)/motcua up
 
-test: install lint  ## lint, type-check, then every test (unit + integration)
+test: install lint services  ## lint, type-check, then every test on both brokers
 	$(BIN)/pytest
+
+services: install  ## install and start PostgreSQL, fetch Apache Kafka's jars (idempotent)
+	bash .ci/services.sh
+
+up-kafka: install  ## the whole system on a local 3-node Apache Kafka (needs java + mvn)
+	$(BIN)/motcua kafka install
+	$(BIN)/motcua up --broker kafka
 
 lint: install
 	$(BIN)/ruff check .

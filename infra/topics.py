@@ -62,19 +62,37 @@ def _partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str
     return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(wanted)}
 
 
-def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec], replication: int = 1
-                  ) -> list[TopicStatus]:
-    """Create the missing topics; report each as created or exists. Only the partition count
-    of an existing topic is compared (config drift is not inspected: tansu cannot describe
-    configs); ``motcua topics list`` shows what is there."""
+def live_brokers(admin: KafkaAdminClient) -> int:
+    """How many brokers the cluster has (tansu: 1)."""
+    try:
+        return max(1, len(admin.describe_cluster()["brokers"]))
+    except KafkaError as exc:
+        raise TopicError(f"describing the cluster: {kafka_reason(exc)}") from None
+
+
+def replication_configs(replication: int) -> dict[str, str]:
+    """A write acknowledged by all in-sync replicas must be on two of them when there are
+    two or more: one lost disk then loses nothing acknowledged."""
+    return {"min.insync.replicas": str(min(2, replication))} if replication > 1 else {}
+
+
+def ensure_topics(admin: KafkaAdminClient, specs: Iterable[TopicSpec],
+                  replication: int | None = None) -> list[TopicStatus]:
+    """Create the missing topics; report each as created or exists. ``replication`` None
+    means min(3, brokers in the cluster). Only the partition count of an existing topic is
+    compared (config drift is not inspected: tansu cannot describe configs); ``motcua
+    topics list`` shows what is there."""
     specs = list(specs)
+    if replication is None:
+        replication = min(3, live_brokers(admin))
     counts = _partition_counts(admin, [s.name for s in specs])
     missing = [s for s in specs if s.name not in counts]
     created: set[str] = set()
     for spec in missing:
         try:
             admin.create_topics([NewTopic(spec.name, spec.partitions, replication,
-                                          topic_configs=dict(spec.configs))])
+                                          topic_configs={**replication_configs(replication),
+                                                         **spec.configs})])
             created.add(spec.name)
         except TopicAlreadyExistsError:
             pass  # another provisioner won the race: it exists, which is all we want

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -37,6 +38,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from infra.broker import EmbeddedBroker, die_with_parent
+from infra.kafka.cluster import KafkaCluster, lib_dir
 from infra.nodes import get_node, node_ids
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
@@ -107,9 +109,23 @@ def provision(settings: Settings, bootstrap: str, say: Say) -> None:
         + ("" if created else "; nothing changed"))
 
 
+def local_cluster(settings: Settings, brokers: int | None = None, port: int | None = None,
+                  directory: Path | None = None) -> KafkaCluster:
+    """The cluster ``motcua kafka up`` and ``motcua up --broker kafka`` run: its log under
+    ``var/kafka/cluster`` (kept across restarts), its jars under ``var/kafka/lib``."""
+    return KafkaCluster(directory or settings.kafka_dir / "cluster",
+                        brokers or settings.kafka_brokers,
+                        port=port or settings.kafka_port, lib=lib_dir(settings.data_dir))
+
+
+def describe_nodes(cluster: KafkaCluster) -> list[str]:
+    return [f"node {n.node_id}: {n.address} pid {n.pid} log {n.log_path}" for n in cluster.nodes]
+
+
 @dataclass(frozen=True)
 class UpOptions:
     port: int | None = None
+    broker: str = "tansu"  # "tansu" (embedded, memory) | "kafka" (local Apache Kafka, disk)
     simulate: bool = True
     speed: float | None = 60.0
     scale: float = 1.0
@@ -121,10 +137,22 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
     options = options or UpOptions()
     port = options.port
     broker: EmbeddedBroker | None = None
+    cluster: KafkaCluster | None = None
     with StopSignals() as signals, ExitStack() as stack:
         if settings.kafka_bootstrap:
             bootstrap = settings.kafka_bootstrap
             say(f"using the cluster at {bootstrap}")
+        elif options.broker == "kafka":
+            cluster = local_cluster(settings, port=port)
+            say(f"kafka: starting {cluster.size} Apache Kafka node(s), log in "
+                f"{cluster.directory}")
+            stack.enter_context(cluster)
+            bootstrap = cluster.bootstrap
+            # from here on it is a cluster like any other (group timing, children's env)
+            settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+            say(f"bootstrap={bootstrap}  (local Apache Kafka, log on disk)")
+            for line in describe_nodes(cluster):
+                say(f"kafka: {line}")
         else:
             broker = EmbeddedBroker(port or settings.broker_port, binary=settings.tansu_bin,
                                     log_path=settings.data_dir / "log" / "broker.log")
@@ -137,7 +165,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         say(f"keys: {created} created, {kept} kept in {settings.keys_path}")
         engine = open_store(settings.store_url)
         stack.callback(engine.dispose)
-        if not settings.kafka_bootstrap:
+        if broker is not None:  # a fresh in-memory log: rebuild it from the stores
             again = store.republish_all(engine)
             if again:
                 say(f"store: {again:,} stored events will be published again to the fresh "
@@ -175,7 +203,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         say("motcua is up; press Ctrl-C to stop")
         name = signals.wait(lambda: say(_progress(sim, relay, engine, worker, settings)
                                         + "; " + _sync_status(syncs, settings)),
-                            watch=lambda: _broker_gone(broker))
+                            watch=lambda: _broker_gone(broker, cluster))
         if name.startswith("error:"):
             say(f"{name}; stopping")
             stop.set()
@@ -186,7 +214,11 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
     return 0
 
 
-def _broker_gone(broker: EmbeddedBroker | None) -> str | None:
+def _broker_gone(broker: EmbeddedBroker | None, cluster: KafkaCluster | None = None
+                 ) -> str | None:
+    if cluster is not None and not any(n.running() for n in cluster.nodes):
+        return (f"error: every Kafka node exited (see the logs under {cluster.directory}); "
+                "its log is on disk: `motcua up --broker kafka` again goes on from it")
     if broker is None or broker.running():
         return None
     return (f"error: the embedded broker exited (see {broker.log_path}); its log is lost, "
@@ -265,6 +297,9 @@ def _start_child(settings: Settings, bootstrap: str, name: str, args: list[str]
     log_dir = settings.data_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MOTCUA_KAFKA_BOOTSTRAP": bootstrap}
+    # the children see a bootstrap; keep the group timing of the broker really in use
+    env.setdefault("MOTCUA_GROUP_SESSION_TIMEOUT_MS",
+                   str(settings.group_config()["session_timeout_ms"]))
     with (log_dir / f"{name}.log").open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "infra.cli", *args], env=env,
                                 stdout=out, stderr=subprocess.STDOUT,

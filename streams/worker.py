@@ -87,14 +87,15 @@ class StreamWorker:
             f"{self.prefix}motcua-streams",
             broker=[f"kafka://{h}" for h in s.bootstrap.split(",")],
             broker_credentials=_credentials(s),
-            broker_session_timeout=s.group_session_timeout_ms / 1000,
-            broker_heartbeat_interval=s.group_heartbeat_interval_ms / 1000,
+            broker_session_timeout=s.group_config()["session_timeout_ms"] / 1000,
+            broker_heartbeat_interval=s.group_config()["heartbeat_interval_ms"] / 1000,
             consumer_auto_offset_reset="earliest",
             key_serializer="raw", value_serializer="raw",
             # No tables hold state (module docstring); kept ≥ 1 as the issue asks, so a table
             # added later is not left without a standby by default.
             table_standby_replicas=1,
-            topic_replication_factor=s.topic_replication_factor,
+            # faust's own leader topic only; ours are provisioned by `motcua topics create`
+            topic_replication_factor=s.topic_replication_factor or 1,
             topic_allow_declare=True,  # only faust's own assignor topic; ours are provisioned
             producer_acks=-1,
             stream_wait_empty=False,

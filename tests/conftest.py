@@ -1,9 +1,13 @@
 """Shared fixtures: a broker, unique topics and groups, PostgreSQL with a fresh schema.
 
-The broker, once per session, is the first that exists of:
-1. ``MOTCUA_KAFKA_BOOTSTRAP`` (any real cluster; nothing else is started);
-2. an Apache Kafka container from testcontainers, where a Docker engine answers;
-3. the embedded tansu broker on a free port (this machine: no Docker engine).
+The broker, once per session and kind:
+1. ``MOTCUA_KAFKA_BOOTSTRAP``, if set: that cluster only (nothing else is started);
+2. else the kinds that ``--broker`` or ``MOTCUA_TEST_BROKER`` name (default ``both``):
+   ``tansu``, the embedded broker on a free port, and ``kafka``, a local Apache Kafka
+   cluster of ``MOTCUA_TEST_KAFKA_BROKERS`` (default 3) KRaft nodes from the jars in
+   ``var/kafka/lib`` (``motcua kafka install``), or a testcontainers Apache Kafka where a
+   Docker engine answers. Every test that takes ``broker`` runs once per kind, ids
+   ``[tansu]`` / ``[kafka]``; pytest runs all of one kind, then all of the other.
 PostgreSQL is ``MOTCUA_TEST_PG_URL`` (default: the local server, database ``test``); each
 session works in its own schema, dropped at the end. A missing PostgreSQL fails the tests
 that need it: a store test that silently skips is a store that is never tested.
@@ -11,6 +15,7 @@ that need it: a store test that silently skips is a store that is never tested.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,14 +29,68 @@ from sqlalchemy import Engine, text
 
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine
+from infra.kafka.cluster import KafkaCluster, installed, lib_dir
 from infra.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ("tansu", "kafka")
 
 
 @dataclass
 class Broker:
     bootstrap: str
-    kind: str  # "external" | "testcontainers" | "embedded"
-    embedded: EmbeddedBroker | None = None  # set when tests may pause/resume it
+    kind: str  # "tansu" | "kafka" | "external"
+    embedded: EmbeddedBroker | None = None
+    cluster: KafkaCluster | None = None  # the local Apache Kafka (kill, pause one node)
+
+    @property
+    def group_env(self) -> dict[str, str]:
+        """Consumer-group timing for this broker: tansu holds a join for half the session
+        timeout (2000 ms is its floor); Apache Kafka refuses less than 6000 ms."""
+        session = 2000 if self.kind == "tansu" else 6000
+        return {"MOTCUA_GROUP_SESSION_TIMEOUT_MS": str(session),
+                "MOTCUA_GROUP_HEARTBEAT_INTERVAL_MS": str(session // 4)}
+
+    def pause(self) -> None:
+        """An outage: SIGSTOP the broker (every node of a local cluster)."""
+        target = self.embedded or self.cluster
+        if target is None:
+            pytest.skip("cannot pause an external cluster (MOTCUA_KAFKA_BOOTSTRAP)")
+        target.pause()
+
+    def resume(self) -> None:
+        target = self.embedded or self.cluster
+        assert target is not None
+        target.resume()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--broker", choices=["tansu", "kafka", "both"], default=None,
+                     help="broker(s) for the integration tests (default: MOTCUA_TEST_BROKER, "
+                          "else both)")
+
+
+def broker_kinds(config: pytest.Config) -> list[str]:
+    if os.environ.get("MOTCUA_KAFKA_BOOTSTRAP"):
+        return ["external"]
+    chosen = config.getoption("--broker") or os.environ.get("MOTCUA_TEST_BROKER", "both")
+    if chosen not in (*KINDS, "both"):
+        raise pytest.UsageError(f"MOTCUA_TEST_BROKER={chosen!r}: tansu, kafka or both")
+    return list(KINDS) if chosen == "both" else [chosen]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test that needs a broker, directly or through another fixture, runs once per
+    # kind; session scope keeps one broker of each kind for the whole run.
+    if "broker" in metafunc.fixturenames:
+        metafunc.parametrize("broker", broker_kinds(metafunc.config), indirect=True,
+                             scope="session")
+
+
+def only_on(broker: Broker, kind: str, why: str) -> None:
+    """Skip this run of a parametrized test on the other broker, saying why."""
+    if broker.kind != kind:
+        pytest.skip(f"{kind} only: {why}")
 
 
 def _docker_answers() -> bool:
@@ -50,19 +109,53 @@ def settings() -> Settings:
     return load_settings()
 
 
+def kafka_lib() -> Path:
+    lib = lib_dir(REPO / "var")
+    if not installed(lib):
+        pytest.fail(f"no Apache Kafka jars in {lib}: run `motcua kafka install` (make test "
+                    "does), or MOTCUA_TEST_BROKER=tansu to test on the embedded broker only",
+                    pytrace=False)
+    return lib
+
+
 @pytest.fixture(scope="session")
-def broker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    if settings.kafka_bootstrap:
+def broker(request: pytest.FixtureRequest, settings: Settings,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The broker of this kind, with its group timing in the environment while it lives
+    (``cli_env`` hands it to the motcua processes that tests start)."""
+    kind = getattr(request, "param", "external" if settings.kafka_bootstrap else "tansu")
+    with _started(kind, settings, tmp_path_factory) as broker:
+        saved = {k: os.environ.get(k) for k in broker.group_env}
+        os.environ.update(broker.group_env)
+        try:
+            yield broker
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@contextmanager
+def _started(kind: str, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Broker]:
+    if kind == "external":
+        assert settings.kafka_bootstrap
         yield Broker(settings.kafka_bootstrap, "external")
+    elif kind == "tansu":
+        log = tmp_path_factory.mktemp("broker") / "tansu.log"
+        with EmbeddedBroker(log_path=log) as embedded:
+            yield Broker(embedded.bootstrap, "tansu", embedded)
     elif _docker_answers():
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as kafka:
-            yield Broker(kafka.get_bootstrap_server(), "testcontainers")
+            yield Broker(kafka.get_bootstrap_server(), "kafka")
     else:
-        log = tmp_path_factory.mktemp("broker") / "tansu.log"
-        with EmbeddedBroker(log_path=log) as embedded:
-            yield Broker(embedded.bootstrap, "embedded", embedded)
+        size = int(os.environ.get("MOTCUA_TEST_KAFKA_BROKERS", "3"))
+        with KafkaCluster(tmp_path_factory.mktemp("kafka"), size, lib=kafka_lib()) as cluster:
+            yield Broker(cluster.bootstrap, "kafka", cluster=cluster)
 
 
 @pytest.fixture(scope="session")
@@ -101,9 +194,11 @@ def group_factory(unique_name: Callable[[str], str]) -> Callable[[], str]:
 
 
 @pytest.fixture
-def consumer_config(kafka_config: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """kafka-python consumer settings with the short group timings (see Settings)."""
-    return {**kafka_config, **settings.group_config(), "auto_offset_reset": "earliest"}
+def consumer_config(kafka_config: dict[str, Any], broker: Broker) -> dict[str, Any]:
+    """kafka-python consumer settings with the broker's short group timings."""
+    timing = load_settings(**{k.removeprefix("MOTCUA_").lower(): int(v)
+                              for k, v in broker.group_env.items()}).group_config()
+    return {**kafka_config, **timing, "auto_offset_reset": "earliest"}
 
 
 @pytest.fixture(scope="session")

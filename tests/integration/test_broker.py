@@ -18,7 +18,9 @@ MOTCUA = [sys.executable, "-m", "infra.cli"]
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOTCUA_")}
+    # the session broker's group timing (tests/conftest.py) is the one setting kept
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MOTCUA_") or k.startswith("MOTCUA_GROUP_")}
     env.update(extra)
     return env
 

@@ -1,0 +1,1 @@
+"""A local Apache Kafka (KRaft) cluster from Maven jars: ``motcua kafka install|up``."""
