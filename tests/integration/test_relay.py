@@ -164,35 +164,32 @@ def test_relay_publishes_everything_in_order_with_send_time_stamps(
 
 
 def test_broker_paused_20s_mid_day_loses_nothing(
-        store: Engine, keys_dir: Path, tmp_path: Path, settings: Any) -> None:
-    """SIGSTOP the broker for 20 s while the simulated day goes on; the store keeps taking
-    work, and after SIGCONT every origin's 1..N reach the topic, in order."""
-    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
-        config = settings.kafka_config(broker.bootstrap)
-        admin = admin_client(config)
-        ensure_topics(admin, topic_specs())
-        admin.close()
-        relay = Relay(store, config)
-        stop, thread = run_relay(relay)
-        sim = Simulator(DossierService(store, Keyring(keys_dir)), DAY, DAY, scale=0.05,
-                        seed=3, speed=2400)  # one office day in ~20 s of wall time
-        runner = threading.Thread(target=sim.run, daemon=True)
-        runner.start()
-        wait_until(lambda: relay.stats.published > 200, 30, "the first events to publish")
-        broker.pause()
-        try:
-            written_at_pause = sum(heads(store).values())
-            time.sleep(20)
-            assert sum(heads(store).values()) > written_at_pause + 100, \
-                "the store stopped taking work while the broker was down"
-        finally:
-            broker.resume()
-        wait_until(lambda: not runner.is_alive(), 120, "the simulated day to end")
-        wait_until(lambda: count_unpublished(store) == 0, 120, "the outbox to drain")
-        stop.set()
-        thread.join(30)
-        expected = heads(store)
-        records = read_all(config, [DOSSIER_EVENTS, HOTLINE_EVENTS], sum(expected.values()))
+        store: Engine, keys_dir: Path, broker: Broker, kafka_config: dict[str, Any],
+        prefix: str) -> None:
+    """SIGSTOP the broker (every node of a cluster) for 20 s while the simulated day goes
+    on; the store keeps taking work, and after SIGCONT every origin's 1..N reach the topic,
+    in order."""
+    relay = Relay(store, kafka_config, topic_prefix=prefix)
+    stop, thread = run_relay(relay)
+    sim = Simulator(DossierService(store, Keyring(keys_dir)), DAY, DAY, scale=0.05,
+                    seed=3, speed=2400)  # one office day in ~20 s of wall time
+    runner = threading.Thread(target=sim.run, daemon=True)
+    runner.start()
+    wait_until(lambda: relay.stats.published > 200, 30, "the first events to publish")
+    broker.pause()
+    try:
+        written_at_pause = sum(heads(store).values())
+        time.sleep(20)
+        assert sum(heads(store).values()) > written_at_pause + 100, \
+            "the store stopped taking work while the broker was down"
+    finally:
+        broker.resume()
+    wait_until(lambda: not runner.is_alive(), 120, "the simulated day to end")
+    wait_until(lambda: count_unpublished(store) == 0, 120, "the outbox to drain")
+    stop.set()
+    thread.join(30)
+    expected = heads(store)
+    records = read_all(kafka_config, topics_of(prefix), sum(expected.values()))
     assert not sim.summary.refused
     duplicates = assert_complete_and_ordered(records, expected)
     assert len(records) == sum(expected.values()) + duplicates

@@ -291,34 +291,32 @@ def test_july_at_scale_1_gives_the_published_figures(
 
 
 def test_broker_paused_mid_stream_the_worker_carries_on_exact(
-        tmp_path: Path, workload: Workload) -> None:
-    """SIGSTOP the (own, embedded) broker for 15 s while the worker folds; after SIGCONT
-    the rest of the log arrives: the worker is still there, and store and snapshots are
-    exact."""
+        tmp_path: Path, broker: Broker, kafka_config: dict[str, Any], prefix: str,
+        workload: Workload) -> None:
+    """SIGSTOP the broker (every node of a cluster) for 15 s while the worker folds; after
+    SIGCONT the rest of the log arrives: the worker is still there, and store and
+    snapshots are exact."""
     import time
 
-    from infra.broker import EmbeddedBroker
-    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
-        cfg: dict[str, Any] = {"bootstrap_servers": [broker.bootstrap]}
-        prefix = "paused."
-        provision(cfg, prefix)
-        half = len(workload.records) // 2
-        ends = produce(cfg, prefix, workload.records[:half])
-        w = WorkerProcess(tmp_path, broker.bootstrap, prefix, workload.keys_dir,
-                          MOTCUA_STREAMS_BATCH="200").start()
+    provision(kafka_config, prefix)
+    half = len(workload.records) // 2
+    ends = produce(kafka_config, prefix, workload.records[:half])
+    w = WorkerProcess(tmp_path, broker.bootstrap, prefix, workload.keys_dir,
+                      MOTCUA_STREAMS_BATCH="200").start()
+    try:
+        view = store_view(w.store_url, workload.keys_dir, prefix)
+        wait_until(lambda: applied(view) >= sum(ends.values()) * 0.3, 120, "30% folded", w)
+        broker.pause()
         try:
-            view = store_view(w.store_url, workload.keys_dir, prefix)
-            wait_until(lambda: applied(view) >= sum(ends.values()) * 0.3, 120,
-                       "30% folded", w)
-            broker.pause()
             time.sleep(15)
             assert w.alive(), w.output()
-            broker.resume()
-            for tp, end in produce(cfg, prefix, workload.records[half:]).items():
-                ends[tp] = max(ends.get(tp, 0), end)
-            wait_for_positions(view, ends, 180, w)
-            expected = workload.expected()
-            assert view.counters() == expected
-            assert wait_for_snapshots(cfg, prefix, expected, timeout=60) == expected
         finally:
-            w.stop()
+            broker.resume()
+        for tp, end in produce(kafka_config, prefix, workload.records[half:]).items():
+            ends[tp] = max(ends.get(tp, 0), end)
+        wait_for_positions(view, ends, 180, w)
+        expected = workload.expected()
+        assert view.counters() == expected
+        assert wait_for_snapshots(kafka_config, prefix, expected, timeout=60) == expected
+    finally:
+        w.stop()

@@ -149,7 +149,7 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert len(sync_pids) == 5
 
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=20)
+        rest, _ = proc.communicate(timeout=60)  # every child stops in turn
     finally:
         proc.kill()
     assert proc.returncode == 0, rest
