@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from infra import kafka_cli, producers_cli, streams_cli, sync_cli
 from infra.broker import EmbeddedBroker
@@ -162,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what a client raises when it never got a connection: a refused password or an untrusted
+# certificate looks like this too (infra/kafka_probe.py tells them apart)
+UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
+
+
+def _why_unreachable(settings: Settings | None) -> str | None:
+    from infra.kafka_probe import why_unreachable  # imports aiokafka: only when needed
+
+    if settings is None:
+        return None
+    try:
+        return why_unreachable(settings.kafka_config(settings.bootstrap),
+                               settings.kafka_bootstrap_timeout_ms / 1000)
+    except MotcuaError as exc:
+        return str(exc)
+
+
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -172,13 +189,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # wherever the command is; StopSignals takes them over where a command waits for them.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+    settings: Settings | None = None
     try:
-        return int(args.func(args, load_settings()))
+        settings = load_settings()
+        return int(args.func(args, settings))
     except MotcuaError as exc:
         print(f"motcua {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:
-        print(f"motcua {args.command}: Kafka error: {kafka_reason(exc)}", file=sys.stderr)
+        why = _why_unreachable(settings) if isinstance(exc, UNREACHABLE) else None
+        print(f"motcua {args.command}: " + (f"error: {why}" if why else
+                                            f"Kafka error: {kafka_reason(exc)}"),
+              file=sys.stderr)
         return 2
     except BrokenPipeError:  # `motcua nodes | head`: the reader left; not an error
         sys.stderr.close()

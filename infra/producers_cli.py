@@ -132,6 +132,15 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     if not args.all and not args.node:
         raise MotcuaError("say which nodes to relay: --node ID (repeatable) or --all")
     nodes = None if args.all else [get_node(n).id for n in args.node]
+    # the relay outlives a broker outage by retrying; a refused password or certificate
+    # never heals, so it is said now rather than retried for ever (a broker that is down
+    # or not answering gives no reason here: the relay starts and waits for it)
+    from infra.kafka_probe import why_unreachable
+
+    refused = why_unreachable(settings.kafka_config(settings.bootstrap),
+                              settings.kafka_bootstrap_timeout_ms / 1000)
+    if refused is not None:
+        raise MotcuaError(refused)
     engine = open_store(args.db or settings.store_url)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     extra: dict[str, float | str] = {"lease_seconds": args.lease_seconds,

@@ -7,6 +7,7 @@ command at a real cluster; nothing else changes.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,11 +141,40 @@ class Settings(BaseSettings):
                 config[f"ssl_{name}"] = str(value)
         return config
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of the aiokafka clients (the stream worker), from the same
+        files kafka-python gets in ``kafka_config``."""
+        return ssl_context(self.kafka_ssl_cafile, self.kafka_ssl_certfile,
+                           self.kafka_ssl_keyfile)
+
     def group_config(self) -> dict[str, Any]:
         """Consumer-group timing for kafka-python consumers."""
         session = self.group_session_timeout_ms or (10_000 if self.kafka_bootstrap else 2000)
         return {"session_timeout_ms": session,
                 "heartbeat_interval_ms": self.group_heartbeat_interval_ms or session // 4}
+
+
+def ssl_context(cafile: Path | str | None = None, certfile: Path | str | None = None,
+                keyfile: Path | str | None = None) -> ssl.SSLContext:
+    """A client TLS context that checks the broker's certificate and name: against
+    ``cafile`` if given, else the system's CAs; ``certfile`` (+ ``keyfile``) is this client's
+    certificate, for brokers that ask for one. A file that cannot be used is one
+    ``SettingsError`` naming its variable."""
+    if keyfile and not certfile:
+        raise SettingsError("MOTCUA_KAFKA_SSL_KEYFILE is set without MOTCUA_KAFKA_SSL_CERTFILE "
+                            "(the certificate that goes with the key)")
+    name, value = "MOTCUA_KAFKA_SSL_CAFILE", cafile
+    try:
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        if certfile:
+            name, value = "MOTCUA_KAFKA_SSL_CERTFILE", certfile
+            if keyfile:
+                name, value = f"{name} / _KEYFILE", f"{certfile}, {keyfile}"
+            context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
+    except OSError as exc:  # ssl.SSLError included
+        reason = exc.strerror or str(exc)
+        raise SettingsError(f"{name}={value}: not usable for TLS ({reason})") from None
+    return context
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -50,8 +50,12 @@ def admin_client(kafka_config: dict[str, Any], bootstrap_timeout_ms: int = 10_00
         return KafkaAdminClient(client_id="motcua-admin", request_timeout_ms=10_000,
                                 bootstrap_timeout_ms=bootstrap_timeout_ms, **kafka_config)
     except KafkaError as exc:
-        raise TopicError(f"cannot reach Kafka at {','.join(kafka_config['bootstrap_servers'])}"
-                         f": {kafka_reason(exc)}") from None
+        from infra.kafka_probe import why_unreachable  # imports aiokafka: only when needed
+
+        reason = why_unreachable(kafka_config, bootstrap_timeout_ms / 1000)
+        raise TopicError(reason or f"cannot reach Kafka at "
+                         f"{','.join(kafka_config['bootstrap_servers'])}: "
+                         f"{kafka_reason(exc)}") from None
 
 
 def _partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str, int]:

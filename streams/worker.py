@@ -83,12 +83,21 @@ class StreamWorker:
 
     def _make_app(self) -> faust.App:
         s = self.settings
+        session = s.group_config()["session_timeout_ms"] / 1000
         return faust.App(
             f"{self.prefix}motcua-streams",
             broker=[f"kafka://{h}" for h in s.bootstrap.split(",")],
             broker_credentials=_credentials(s),
-            broker_session_timeout=s.group_config()["session_timeout_ms"] / 1000,
+            broker_session_timeout=session,
             broker_heartbeat_interval=s.group_config()["heartbeat_interval_ms"] / 1000,
+            # faust waits 90 s for any answer and 20 min for a produce: a broker that goes
+            # silent without closing its connections (frozen VM, network partition) held
+            # the worker for the whole outage, although the other replicas led within
+            # ~11 s (tests/chaos: a node SIGSTOPped 120 s stalled it 126 s). A request
+            # unanswered for this long is sent again, to the new leader; a snapshot or
+            # dead letter whose send fails is retried by this worker (never lost).
+            broker_request_timeout=max(3 * session, 15.0),
+            producer_request_timeout=max(3 * session, 15.0),
             consumer_auto_offset_reset="earliest",
             key_serializer="raw", value_serializer="raw",
             # No tables hold state (module docstring); kept ≥ 1 as the issue asks, so a table
@@ -274,23 +283,18 @@ class StreamWorker:
 
 
 def _credentials(s: Settings) -> Any:
+    """faust's credentials from the MOTCUA_KAFKA_* settings kafka-python gets too
+    (``Settings.kafka_config`` checked them: SASL has a mechanism, user and password)."""
     if s.kafka_security_protocol == "PLAINTEXT":
         return None
-    ssl_context = None
-    if s.kafka_security_protocol.endswith("SSL"):
-        import ssl
-        ssl_context = ssl.create_default_context(
-            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
-        if s.kafka_ssl_certfile:
-            ssl_context.load_cert_chain(str(s.kafka_ssl_certfile),
-                                        str(s.kafka_ssl_keyfile) if s.kafka_ssl_keyfile
-                                        else None)
+    context = s.ssl_context() if s.kafka_security_protocol.endswith("SSL") else None
     if s.kafka_security_protocol.startswith("SASL"):
         password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else ""
+        # an ssl_context makes them SASL_SSL, its absence SASL_PLAINTEXT
         return faust.SASLCredentials(username=s.kafka_sasl_username or "", password=password,
                                      mechanism=s.kafka_sasl_mechanism or "PLAIN",
-                                     ssl_context=ssl_context)
-    return faust.SSLCredentials(ssl_context)
+                                     ssl_context=context)
+    return faust.SSLCredentials(context)
 
 
 def shorten_fetch_wait(ms: int) -> None:

@@ -91,7 +91,9 @@ class Security:
     protocol: str = "PLAINTEXT"  # PLAINTEXT | SASL_PLAINTEXT | SSL | SASL_SSL
     scram_users: dict[str, str] = field(default_factory=dict)  # SCRAM-SHA-512 name -> password
     keystore_pem: Path | None = None  # private key (PKCS#8, unencrypted) + certificate chain
-    truststore_pem: Path | None = None  # CA certificate(s), for client-certificate auth
+    # CA certificate(s) of the clients: given, every client must present a certificate
+    # signed by one of them (ssl.client.auth=required)
+    truststore_pem: Path | None = None
 
     def listener_configs(self) -> dict[str, str]:
         conf: dict[str, str] = {}
@@ -108,6 +110,7 @@ class Security:
             if self.truststore_pem is not None:
                 conf[prefix + "ssl.truststore.type"] = "PEM"
                 conf[prefix + "ssl.truststore.location"] = str(self.truststore_pem)
+                conf[prefix + "ssl.client.auth"] = "required"
         return conf
 
 
