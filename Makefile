@@ -33,6 +33,7 @@ bench: install  ## benchmarks; results go in docs/benchmarks.md by hand, with th
 	$(BIN)/python -m bench.streams_latency
 	$(BIN)/python -m bench.sync_apply
 	$(BIN)/python -m bench.sync_latency
+	$(BIN)/python -m bench.brokers_compare
 
 install: $(STAMP)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaProducer
 from nacl.signing import SigningKey
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from infra.broker import EmbeddedBroker
 from infra.nodes import node_ids
@@ -40,6 +42,43 @@ def fill(store_url: str, n: int) -> None:
                             at=T0)
 
 
+def outbox_rows(store_url: str) -> list[Row[str, str, bytes]]:
+    """The store's outbox (topic, dossier_id, body), in outbox order."""
+    engine = open_store(store_url)
+    with engine.connect() as conn:
+        rows = list(conn.execute(select(outbox.c.topic, outbox.c.dossier_id, outbox.c.body)
+                                 .order_by(outbox.c.origin, outbox.c.origin_seq)).all())
+    engine.dispose()
+    return rows
+
+
+def direct_rate(config: dict[str, Any], rows: Sequence[Row[str, str, bytes]],
+                prefix: str = "direct.") -> float:
+    """The peer: the rows sent straight from memory with the relay's producer settings
+    (events/s, until every one is acknowledged)."""
+    producer = KafkaProducer(**producer_config(config))
+    started = time.perf_counter()
+    for row in rows:
+        producer.send(prefix + row.topic, value=bytes(row.body), key=row.dossier_id.encode())
+    producer.flush()
+    rate = len(rows) / (time.perf_counter() - started)
+    producer.close()
+    return rate
+
+
+def relay_rate(store_url: str, config: dict[str, Any], prefix: str = "relay.") -> float:
+    """The relay publishing the whole outbox of the store, round after round (events/s)."""
+    engine = open_store(store_url)
+    relay = Relay(engine, config, topic_prefix=prefix, batch_size=BATCH)
+    started = time.perf_counter()
+    while relay.publish_once():
+        pass
+    rate = relay.stats.published / (time.perf_counter() - started)
+    relay.close()
+    engine.dispose()
+    return rate
+
+
 def main(n: int = 50_000) -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(
             log_path=Path(tmp) / "tansu.log") as broker:
@@ -49,26 +88,9 @@ def main(n: int = 50_000) -> None:
         admin.close()
         url = f"sqlite:///{tmp}/nodes.db"
         fill(url, n)
-        engine = open_store(url)
-        with engine.connect() as conn:
-            rows = conn.execute(select(outbox.c.topic, outbox.c.dossier_id, outbox.c.body)
-                                .order_by(outbox.c.origin, outbox.c.origin_seq)).all()
-
-        producer = KafkaProducer(**producer_config(config))
-        started = time.perf_counter()
-        for row in rows:
-            producer.send("direct." + row.topic, value=bytes(row.body),
-                          key=row.dossier_id.encode())
-        producer.flush()
-        direct = len(rows) / (time.perf_counter() - started)
-        producer.close()
-
-        relay = Relay(engine, config, topic_prefix="relay.", batch_size=BATCH)
-        started = time.perf_counter()
-        while relay.publish_once():
-            pass
-        relayed = relay.stats.published / (time.perf_counter() - started)
-        relay.close()
+        rows = outbox_rows(url)
+        direct = direct_rate(config, rows)
+        relayed = relay_rate(url, config)
     print(f"{len(rows):,} events of ~{len(rows[0].body)} bytes, SQLite store, embedded broker")
     print("| publisher | events/s |\n|---|---:|")
     print(f"| peer: kafka-python producer, no outbox (same producer settings) | {direct:,.0f} |")

@@ -24,6 +24,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from bench.brokers import Usage
 from infra.broker import EmbeddedBroker
 from schemas.counters import CounterKey
 from tests.streams_support import (
@@ -43,9 +44,13 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def timed_worker(tmp: Path, bootstrap: str, prefix: str, keys: Path, total: int,
-                 expected: dict[CounterKey, int], *args: str) -> tuple[float, bool, float]:
+                 expected: dict[CounterKey, int], *args: str, usage: Usage | None = None,
+                 env: dict[str, str] | None = None) -> tuple[float, bool, float]:
+    """(seconds from the first event stored to the last, counters exact, peak RSS MiB) of a
+    `motcua streams` process (``args`` its options, ``env`` added to its environment);
+    ``usage``, if given, is started and stopped with that timed section."""
     w = WorkerProcess(tmp, bootstrap, prefix, keys, name=prefix.strip("."),
-                      store_url=f"sqlite:///{tmp / (prefix.strip('.') + '.db')}")
+                      store_url=f"sqlite:///{tmp / (prefix.strip('.') + '.db')}", **(env or {}))
     w.start(*args)
     view = store_view(w.store_url, keys, prefix)
     first = end = 0.0
@@ -56,8 +61,12 @@ def timed_worker(tmp: Path, bootstrap: str, prefix: str, keys: Path, total: int,
             now = time.perf_counter()
             if done and not first:
                 first = now
+                if usage is not None:
+                    usage.start()
             if done >= total:
                 end = now
+                if usage is not None:
+                    usage.stop()
                 break
             if not w.alive():
                 raise SystemExit(w.output())

@@ -23,6 +23,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 from sqlalchemy import select
 
+from bench.brokers import Usage
 from bench.streams import peak_rss_mib
 from bench.sync_latency import pg_schema_url
 from consumers.replica import Replica
@@ -37,7 +38,7 @@ def produce_store(store_url: str, bootstrap: str, prefix: str
                   ) -> tuple[int, dict[tuple[str, int], int]]:
     """Every outbox event of the store, in outbox order; returns (count, end offsets)."""
     engine = make_engine(store_url)
-    producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all", linger_ms=20,
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=20,
                              batch_size=512 * 1024, max_in_flight_requests_per_connection=1)
     ends: dict[tuple[str, int], int] = {}
     n = 0
@@ -62,6 +63,31 @@ def produce_store(store_url: str, bootstrap: str, prefix: str
     return n, ends
 
 
+def catch_up(tmp: Path, bootstrap: str, prefix: str, keys: Path,
+             ends: dict[tuple[str, int], int], db: str, usage: Usage | None = None,
+             **env: str) -> tuple[float, float]:
+    """(seconds from process start to the last position stored, peak RSS MiB) of `motcua
+    sync --node site-phohien` on an empty replica at ``db`` (``{node}`` in it is the node);
+    ``usage``, if given, covers the same section."""
+    replica = Replica(make_engine(db.format(node="site-phohien")), "site-phohien")
+    proc = SyncProcess(tmp, bootstrap, prefix, keys, "site-phohien", db, **env)
+    began = time.perf_counter()
+    if usage is not None:
+        usage.start()
+    proc.start()
+    try:
+        wait_applied(replica, ends, 3600, proc.gone)
+        seconds = time.perf_counter() - began
+        if usage is not None:
+            usage.stop()
+        assert proc.proc is not None
+        rss = peak_rss_mib(proc.proc.pid)
+    finally:
+        proc.stop()
+        replica.engine.dispose()
+    return seconds, rss
+
+
 def main() -> None:
     store_url, keys = sys.argv[1], Path(sys.argv[2])
     with tempfile.TemporaryDirectory() as tmp_name, EmbeddedBroker(
@@ -80,17 +106,8 @@ def main() -> None:
             with ExitStack() as stack:
                 db = (stack.enter_context(pg_schema_url()) if name == "PostgreSQL"
                       else f"sqlite:///{tmp}/{{node}}.db")
+                seconds, rss = catch_up(tmp, broker.bootstrap, prefix, keys, ends, db)
                 replica = Replica(make_engine(db.format(node="site-phohien")), "site-phohien")
-                proc = SyncProcess(tmp, broker.bootstrap, prefix, keys, "site-phohien", db)
-                began = time.perf_counter()
-                proc.start()
-                try:
-                    wait_applied(replica, ends, 3600, proc.gone)
-                    seconds = time.perf_counter() - began
-                    assert proc.proc is not None
-                    rss = peak_rss_mib(proc.proc.pid)
-                finally:
-                    proc.stop()
                 assert replica.rows() == want, f"{name}: rows differ from the node stores"
                 replica.engine.dispose()
                 print(f"| {name} | {total:,} | {seconds:,.0f} s | {total / seconds:,.0f} | "
