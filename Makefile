@@ -14,7 +14,7 @@ up: install  ## run the whole system on this machine (embedded broker, memory st
 	$(BIN)/motcua up
 
 test: install lint services  ## lint, type-check, then every test on both brokers
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 services: install  ## install and start PostgreSQL, fetch Apache Kafka's jars (idempotent)
 	bash .ci/services.sh

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from infra.broker import EmbeddedBroker
 from infra.kafka.cluster import KafkaCluster, installed
+from infra.settings import group_env
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_LIB = REPO / "var" / "kafka" / "lib"
@@ -49,9 +50,7 @@ class RunningBroker:
     def group_env(self) -> dict[str, str]:
         """Consumer-group timing for child processes: tansu holds a join for half the session
         timeout (2000 ms is its floor); Apache Kafka refuses less than 6000 ms."""
-        session = 2000 if self.kind == "tansu" else 6000
-        return {"MOTCUA_GROUP_SESSION_TIMEOUT_MS": str(session),
-                "MOTCUA_GROUP_HEARTBEAT_INTERVAL_MS": str(session // 4)}
+        return group_env(self.kind)
 
 
 @contextmanager

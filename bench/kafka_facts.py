@@ -42,6 +42,7 @@ from kafka.admin import KafkaAdminClient
 
 from infra.broker import EmbeddedBroker, die_with_parent, free_port, kafka_answers
 from infra.kafka.cluster import KAFKA_VERSION, KafkaCluster, installed
+from infra.settings import SHORTEST_SESSION_MS
 
 REPO = Path(__file__).resolve().parents[1]
 TANSU_VERSION = "0.6.0"
@@ -837,11 +838,12 @@ def run(opts: argparse.Namespace, workdir: Path) -> None:
                                                    lib=opts.lib))
         host, port = tansu.host, tansu.port
         targets = [
-            Target(f"tansu {TANSU_VERSION}", "tansu", tansu.bootstrap, 1, 2000,
+            Target(f"tansu {TANSU_VERSION}", "tansu", tansu.bootstrap, 1,
+                   SHORTEST_SESSION_MS["tansu"],
                    lambda: tansu.running() and kafka_answers(host, port)),
             Target(f"Apache Kafka {KAFKA_VERSION} ({opts.kafka_nodes} node"
                    f"{'s' if opts.kafka_nodes > 1 else ''})", "kafka", cluster.bootstrap,
-                   min(3, opts.kafka_nodes), 6000,
+                   min(3, opts.kafka_nodes), SHORTEST_SESSION_MS["kafka"],
                    lambda: all(n.answers() for n in cluster.nodes)),
         ]
         say(f"brokers up in {time.monotonic() - started:.0f} s")

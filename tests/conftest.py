@@ -30,7 +30,7 @@ from sqlalchemy import Engine, text
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine
 from infra.kafka.cluster import KafkaCluster, installed, lib_dir
-from infra.settings import Settings, load_settings
+from infra.settings import Settings, group_env, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("tansu", "kafka")
@@ -47,9 +47,7 @@ class Broker:
     def group_env(self) -> dict[str, str]:
         """Consumer-group timing for this broker: tansu holds a join for half the session
         timeout (2000 ms is its floor); Apache Kafka refuses less than 6000 ms."""
-        session = 2000 if self.kind == "tansu" else 6000
-        return {"MOTCUA_GROUP_SESSION_TIMEOUT_MS": str(session),
-                "MOTCUA_GROUP_HEARTBEAT_INTERVAL_MS": str(session // 4)}
+        return group_env("tansu" if self.kind == "tansu" else "kafka")
 
     def pause(self) -> None:
         """An outage: SIGSTOP the broker (every node of a local cluster)."""
