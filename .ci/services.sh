@@ -34,7 +34,8 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
   for _ in $(seq 60); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.5; done
   pg_isready -h 127.0.0.1 -p 5432
 fi
-as_postgres() { if [ "$(id -u)" = 0 ]; then su postgres -c "$1"; else sh -c "$1"; fi; }
+# from / : the postgres user may not enter the clone's folder (mktemp makes it 0700)
+as_postgres() { (cd / && if [ "$(id -u)" = 0 ]; then su postgres -c "$1"; else sh -c "$1"; fi); }
 # Debian's pg_hba asks for a password on 127.0.0.1: give the superuser the test one
 as_postgres "psql -q -c \"ALTER USER postgres PASSWORD '$PG_PASSWORD'\""
 if ! as_postgres "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='test'\"" | grep -q 1
