@@ -11,10 +11,11 @@ crash it resumes at the first unmarked row; rows that were acknowledged but not 
 duplicates.
 Only one relay publishes a node at a time: it holds a lease row in the store, renewed while
 it runs; a relay killed with -9 is replaced once its lease expires (``lease_seconds``). A
-round (send + wait for the acks) is bounded by a third of the lease, and a node is sent only
-while its lease has at least that long to run, so a round never outlives its lease: a relay
-that stalled (a paused broker, a paused process) cannot still be sending when another has
-taken over. Database errors (a restarted PostgreSQL) are retried like Kafka errors.
+round (a new producer's bootstrap, the send, the wait for the acks) is bounded by a third of
+the lease, and a node is sent only while its lease has at least that long to run, so a round
+never outlives its lease: a relay that stalled (a paused broker, a paused process) cannot
+still be sending when another has taken over. Database errors (a restarted PostgreSQL) are
+retried like Kafka errors.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ def producer_config(kafka_config: dict[str, Any], round_seconds: float = 20.0
     never the event time, which retention would otherwise act on. A send gives up after
     ``round_seconds`` (the relay then backs off and sends again)."""
     budget_ms = int(round_seconds * 1000)
-    return {**kafka_config, "acks": "all", "enable_idempotence": True,
+    # kafka-python 3.0 bootstraps from one random server and waits the whole timeout (30 s
+    # by default) on it: a frozen node (connections accepted, nothing answered) cost the
+    # relay 30 s per new producer in the fault drills (tests/chaos). A caller's value wins.
+    return {"bootstrap_timeout_ms": max(1000, budget_ms // 2),
+            **kafka_config, "acks": "all", "enable_idempotence": True,
             "max_in_flight_requests_per_connection": 5, "linger_ms": 5,
             "batch_size": 256 * 1024, "request_timeout_ms": max(500, budget_ms // 2),
             "delivery_timeout_ms": budget_ms, "max_block_ms": max(500, budget_ms // 4),
@@ -151,10 +156,11 @@ class Relay:
         Returns how many events were acknowledged or recorded (0: nothing to do). Raises
         ``KafkaError`` if a send failed; what was acknowledged is recorded first."""
         nodes = self._leased_nodes()
+        round_end = time.monotonic() + self.round_budget.total_seconds()
         rows = self._next_rows(nodes) if nodes else []
         if not rows:
             return self._record()
-        producer = self._get_producer()
+        producer = self._get_producer()  # a new one bootstraps: part of the round
         futures = [(row, producer.send(self.prefix + row.topic, value=bytes(row.body),
                                        key=row.dossier_id.encode()))
                    for row in rows]
@@ -162,7 +168,7 @@ class Relay:
         try:
             # bounded: kafka-python 3.0 can leave a future pending forever after the broker
             # was paused mid-request (seen here: flush() never returned)
-            producer.flush(timeout=self.round_budget.total_seconds())
+            producer.flush(timeout=max(0.0, round_end - time.monotonic()))
         except KafkaTimeoutError:
             pass  # the futures still pending count as failed sends below
         now = datetime.now(UTC)
