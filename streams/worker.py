@@ -188,6 +188,7 @@ class StreamWorker:
                            **kwargs: Any) -> None:
         assigned: set[FaustTP] = args[0] if args else kwargs["assigned"]
         mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.source}
+        self._hook_seek_to_committed()
         async with self._lock:  # never between a batch's prepare and its commit
             gone = self.assigned - mine
             self.assigned = mine
@@ -199,6 +200,32 @@ class StreamWorker:
                 log.exception("could not read the store on assignment")
                 return
         log.info("assigned %s", sorted(positions.items()))
+
+    def _hook_seek_to_committed(self) -> None:
+        """After each rebalance faust seeks every partition to Kafka's committed offset
+        (``Consumer.perform_seek``, run by its recovery service after our signal). The
+        store's positions are the truth: an offset committed for records that were
+        acknowledged but not stored (a failed batch, a record of a partition revoked
+        meanwhile, a position conflict) is ahead of the store, and a partition with no new
+        records would never be read again (seen: two workers, one killed, the survivor
+        stopped at 939 of 1,212). So the worker seeks to the store right after faust."""
+        consumer = self.app.consumer
+        if getattr(consumer, "_motcua_seek_hooked", False):
+            return
+        faust_seek = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            await faust_seek()
+            try:
+                async with self._lock:
+                    for tp in self.assigned:
+                        self._sought.pop(tp, None)  # a fresh seek, never deduplicated
+                    await self._seek_to_store(self.assigned)
+            except Exception:
+                log.exception("could not seek to the store's positions after a rebalance")
+
+        consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+        consumer._motcua_seek_hooked = True  # type: ignore[attr-defined]
 
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None,
                           **kwargs: Any) -> None:

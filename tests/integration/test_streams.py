@@ -69,6 +69,32 @@ def test_counters_equal_a_batch_recount(kafka_config: dict[str, Any], prefix: st
     assert wait_for_snapshots(kafka_config, prefix, expected) == expected
 
 
+def test_offsets_committed_ahead_of_the_store_lose_nothing(
+        kafka_config: dict[str, Any], prefix: str, workload: Workload,
+        worker: WorkerProcess) -> None:
+    """The store's positions, not the group's committed offsets, say where the worker
+    reads. Here the group has committed every partition's end (as a batch acknowledged
+    but not stored leaves it) and the store is empty: the worker must still fold it all.
+    faust seeks to committed offsets after each rebalance; without the worker's seek to
+    its store after that, it would wait at the end for records that never come."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    provision(kafka_config, prefix)
+    ends = produce(kafka_config, prefix, workload.records)
+    group = KafkaConsumer(group_id=f"{prefix}motcua-streams", enable_auto_commit=False,
+                          **kafka_config)
+    try:
+        group.commit({TopicPartition(topic, partition): OffsetAndMetadata(end, "", -1)
+                      for (topic, partition), end in ends.items()})
+    finally:
+        group.close()
+    worker.start()
+    view = store_view(worker.store_url, workload.keys_dir, prefix)
+    wait_for_positions(view, ends, 120, worker)
+    assert view.counters() == workload.expected()
+
+
 def applied(view: Any) -> int:
     return sum(offset for offset, _ in view.positions().values())
 
