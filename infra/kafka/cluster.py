@@ -329,7 +329,10 @@ class KafkaCluster:
                     f"{self.directory} holds a {saved['size']}-node cluster: use --brokers "
                     f"{saved['size']}, or another --dir (or remove it to start afresh)")
             return str(saved["cluster_id"])
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool would read it as an option
+            # (Kafka's own Uuid.randomUuid() skips these too; 1 id in 64 began with "-")
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         meta.write_text(json.dumps({"cluster_id": cluster_id, "size": self.size}) + "\n")
         return cluster_id
 
