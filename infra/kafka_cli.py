@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infra.kafka.cluster import KafkaCluster, install
+from infra.kafka.cluster import install
 from infra.settings import Settings
-from infra.up import StopSignals, describe_nodes, local_cluster
+from infra.up import StopSignals, cluster_gone, describe_nodes, local_cluster
 
 Say = Callable[[str], None]
 
@@ -26,17 +26,11 @@ def cmd_kafka(args: argparse.Namespace, settings: Settings, say: Say) -> int:
                 say(line)
             say(f"Apache Kafka: {cluster.size} node(s), log in {cluster.directory}; Ctrl-C "
                 "stops every node")
-            name = signals.wait(watch=lambda: _all_gone(cluster))
+            name = signals.wait(watch=lambda: cluster_gone(cluster))
             say(f"{name}; stopping" if name.startswith("error:")
                 else f"{name} received; stopping")
         say("stopped")
     return 1 if name.startswith("error:") else 0
-
-
-def _all_gone(cluster: KafkaCluster) -> str | None:
-    if any(n.running() for n in cluster.nodes):
-        return None
-    return f"error: every Kafka node exited (see the logs under {cluster.directory})"
 
 
 def add_parsers(sub: Any, say: Say) -> None:

@@ -214,11 +214,17 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
     return 0
 
 
+def cluster_gone(cluster: KafkaCluster) -> str | None:
+    """Why a local cluster can no longer serve, or None while any node runs."""
+    if any(n.running() for n in cluster.nodes):
+        return None
+    return f"error: every Kafka node exited (see the logs under {cluster.directory})"
+
+
 def _broker_gone(broker: EmbeddedBroker | None, cluster: KafkaCluster | None = None
                  ) -> str | None:
-    if cluster is not None and not any(n.running() for n in cluster.nodes):
-        return (f"error: every Kafka node exited (see the logs under {cluster.directory}); "
-                "its log is on disk: `motcua up --broker kafka` again goes on from it")
+    if cluster is not None and (gone := cluster_gone(cluster)):
+        return f"{gone}; its log is on disk: `motcua up --broker kafka` again goes on from it"
     if broker is None or broker.running():
         return None
     return (f"error: the embedded broker exited (see {broker.log_path}); its log is lost, "
