@@ -61,10 +61,11 @@ from producers.store import state_from_row, state_to_row
 from producers.tables import NODE, UtcDateTime
 from producers.tables import dossiers as node_dossiers
 from producers.tables import hotline_calls as node_calls
+from schemas.chain import DUPLICATE, Link, Place, judge
 from schemas.codec import decode, encode
 from schemas.counters import fold_call, is_call_event
 from schemas.errors import MotcuaError
-from schemas.events import GENESIS_HASH, AnyEvent, DossierReceived
+from schemas.events import AnyEvent, DossierReceived
 from schemas.fold import DossierState, apply, event_key, fold, in_fold_order
 
 metadata = MetaData()
@@ -282,38 +283,25 @@ class Replica:
         wanted: dict[str, set[int]] = defaultdict(set)
         for e in batch:
             wanted[e.origin].update((e.origin_seq - 1, e.origin_seq, e.origin_seq + 1))
-        held: dict[tuple[str, int], tuple[str, str]] = {}  # place -> (hash, prev_hash)
+        held: dict[Place, Link] = {}
         for origin, seqs in wanted.items():
             for chunk in _chunks(sorted(seqs)):
                 for row in conn.execute(_HELD, {"origin": origin, "seqs": chunk}):
-                    held[(origin, row.origin_seq)] = (row.hash, row.prev_hash)
+                    held[(origin, row.origin_seq)] = Link(row.hash, row.prev_hash)
         taken: set[str] = set()
         for ids in _chunks(sorted({e.event_id for e in batch})):
             taken.update(conn.execute(_HELD_IDS, {"ids": ids}).scalars())
         kept: list[AnyEvent] = []
-        seen: set[str] = set()  # event ids kept from this batch
         for e in sorted(batch, key=lambda e: (e.origin, e.origin_seq)):
-            place = (e.origin, e.origin_seq)
-            if place in held:
-                if held[place][0] == e.hash:
-                    result.duplicates += 1
-                else:
-                    result.refused.append(Refusal(e, f"fork: {e.origin} seq {e.origin_seq} "
-                                                     f"is held by another event than "
-                                                     f"{e.event_id}"))
-                continue
-            if e.event_id in taken or e.event_id in seen:
-                result.refused.append(Refusal(e, f"fork: event_id {e.event_id} is held at "
-                                                 f"another place than {e.origin} seq "
-                                                 f"{e.origin_seq}"))
-                continue
-            reason = _breaks_chain(e, held)
-            if reason is not None:
-                result.refused.append(Refusal(e, f"chain break: {reason}"))
-                continue
-            held[place] = (e.hash, e.prev_hash)
-            seen.add(e.event_id)
-            kept.append(e)
+            verdict = judge(e, held, taken)
+            if verdict == DUPLICATE:
+                result.duplicates += 1
+            elif verdict is not None:
+                result.refused.append(Refusal(e, verdict))
+            else:
+                held[(e.origin, e.origin_seq)] = Link(e.hash, e.prev_hash)
+                taken.add(e.event_id)
+                kept.append(e)
         if kept:
             self._insert_many(conn, events, [{
                 "origin": e.origin, "origin_seq": e.origin_seq, "event_id": e.event_id,
@@ -515,19 +503,3 @@ def _held_events(conn: Connection, ids: Iterable[str]) -> dict[str, list[AnyEven
         for dossier_id, body in conn.execute(_BODIES, {"ids": chunk}):
             out[dossier_id].append(decode(bytes(body)))
     return out
-
-
-def _breaks_chain(e: AnyEvent, held: Mapping[tuple[str, int], tuple[str, str]]
-                  ) -> str | None:
-    """Why ``e`` cannot sit in its origin's chain next to what is held, or None."""
-    if e.origin_seq == 1 and e.prev_hash != GENESIS_HASH:
-        return f"{e.origin} seq 1: prev_hash is not the genesis hash"
-    before = held.get((e.origin, e.origin_seq - 1))
-    if before is not None and before[0] != e.prev_hash:
-        return (f"{e.origin} seq {e.origin_seq}: prev_hash does not match the hash of seq "
-                f"{e.origin_seq - 1}")
-    after = held.get((e.origin, e.origin_seq + 1))
-    if after is not None and after[1] != e.hash:
-        return (f"{e.origin} seq {e.origin_seq}: seq {e.origin_seq + 1} held names another "
-                "event as its predecessor")
-    return None

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from schemas.chain import DUPLICATE, Link, Place, judge, places_around
 from schemas.codec import decode
 from schemas.errors import MotcuaError
-from schemas.events import GENESIS_HASH, AnyEvent
+from schemas.events import AnyEvent
 from schemas.integrity import KeyRegistry, verify
 
 
@@ -27,8 +28,7 @@ class LineResult:
 
 def check_lines(lines: Iterable[bytes], registry: KeyRegistry | None = None
                 ) -> Iterator[LineResult]:
-    # (origin, seq) -> (hash, prev_hash, line number) of the first event seen there
-    seen: dict[tuple[str, int], tuple[str, str, int]] = {}
+    seen = _Seen()
     bad_lines: set[int] = set()
     for line_no, raw in enumerate(lines, start=1):
         raw = raw.rstrip(b"\r\n")
@@ -62,30 +62,35 @@ def seq_gaps(seqs: dict[str, set[int]]) -> list[tuple[str, int, int]]:
     return gaps
 
 
-def _chain_problem(event: AnyEvent, line_no: int, seen: dict[tuple[str, int], tuple[str, str, int]],
-                   bad_lines: set[int]) -> tuple[str | None, bool]:
-    """Check the links to the neighbours already seen, in whatever order lines come."""
+class _Seen:
+    """The places and event ids taken by the lines read so far, with their line numbers."""
+
+    def __init__(self) -> None:
+        self.places: dict[Place, tuple[Link, int]] = {}
+        self.ids: dict[str, int] = {}
+
+
+def _chain_problem(event: AnyEvent, line_no: int, seen: _Seen, bad_lines: set[int]
+                   ) -> tuple[str | None, bool]:
+    """The chain rule (``schemas.chain.judge``) against the lines already read, in whatever
+    order lines come; a refusal names the lines it conflicts with."""
     here = (event.origin, event.origin_seq)
-    if here in seen:
-        first_hash, _, first_line = seen[here]
-        if first_hash == event.hash:
-            if first_line in bad_lines:
-                return f"event {event.event_id}: repeats line {first_line}, which is bad", False
-            return None, True
-        return (f"event {event.event_id}: origin {event.origin} seq {event.origin_seq} was "
-                f"already used by line {first_line} with other content (forked chain)"), False
-    seen[here] = (event.hash, event.prev_hash, line_no)
-    if event.origin_seq == 1 and event.prev_hash != GENESIS_HASH:
-        return (f"event {event.event_id}: origin {event.origin} seq 1 must have the genesis "
-                "prev_hash"), False
-    before = seen.get((event.origin, event.origin_seq - 1))
-    if before is not None and before[0] != event.prev_hash:
-        return (f"event {event.event_id}: prev_hash does not match the hash of origin "
-                f"{event.origin} seq {event.origin_seq - 1} (line {before[2]}): broken chain"
-                ), False
-    after = seen.get((event.origin, event.origin_seq + 1))
-    if after is not None and after[1] != event.hash:
-        return (f"event {event.event_id}: its hash is not the prev_hash of origin "
-                f"{event.origin} seq {event.origin_seq + 1} (line {after[2]}): broken chain"
-                ), False
+    around = [p for p in places_around(event) if p in seen.places]
+    verdict = judge(event, {p: seen.places[p][0] for p in around}, seen.ids)
+    if verdict == DUPLICATE:
+        first_line = seen.places[here][1]
+        if first_line in bad_lines:
+            return f"event {event.event_id}: repeats line {first_line}, which is bad", False
+        return None, True
+    near = sorted({seen.places[p][1] for p in around}
+                  | ({seen.ids[event.event_id]} if event.event_id in seen.ids else set()))
+    if verdict is None or not verdict.startswith("fork"):
+        # a broken link still takes its place: a repeat of it, or a neighbour that links to
+        # it, is reported against this line
+        seen.places[here] = (Link(event.hash, event.prev_hash), line_no)
+        seen.ids[event.event_id] = line_no
+    if verdict is not None:
+        kind = "forked chain" if verdict.startswith("fork") else "broken chain"
+        lines = f" (line {', '.join(map(str, near))})" if near else ""
+        return f"event {event.event_id}: {verdict}{lines}: {kind}", False
     return None, False
