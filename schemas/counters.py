@@ -46,8 +46,9 @@ from schemas.fold import DossierState, EventKey, event_key, fold, fold_with
 CounterKey = tuple[str, str, str]  # (scope, period, measure)
 
 #: Bump on any change to what a fold or a contribution yields: stream stores built by other
-#: rules are then refolded from the log (streams/processor.py).
-RULES_VERSION = "1"
+#: rules are then refolded from the log (streams/processor.py). 2: the stream worker refuses
+#: forks and broken chains (schemas/chain.py), so it may count fewer events than under 1.
+RULES_VERSION = "2"
 Contribution = dict[CounterKey, int]
 
 PROVINCE = "province"

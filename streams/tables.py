@@ -56,6 +56,19 @@ counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+#: Every place of every origin's chain this store has taken (both event topics: an origin
+#: numbers all its events in one sequence), so forks and broken links are refused here as
+#: sync refuses them (schemas/chain.py). Written in the batch's transaction; the unique
+#: event_id also stops two workers taking the same event at two places at once.
+chain = Table(
+    "stream_chain", metadata,
+    Column("origin", String(40), primary_key=True),
+    Column("origin_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("event_id", String(64), nullable=False, unique=True),
+)
+
 #: Snapshots still to publish. Written with the counters they announce, deleted once the
 #: snapshot is acknowledged (only if no later batch touched the key meanwhile: ``version``).
 dirty = Table(

@@ -34,13 +34,13 @@ from producers.tables import outbox
 from schemas.codec import decode, encode
 from schemas.counters import recount
 from schemas.deadletter import parse
-from schemas.events import LOCAL_TZ, AnyEvent, DossierStatusChanged
+from schemas.events import LOCAL_TZ, AnyEvent
 from schemas.fold import fold
-from schemas.integrity import seal
 from schemas.keys import Keyring, init_keystore
 from schemas.topics import DEAD_LETTERS
 from streams.reader import read_to_end
 from tests.conftest import Broker
+from tests.factories import Chain
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import (
     WorkerProcess,
@@ -126,7 +126,11 @@ def test_both_sites_and_a_commune_converge_row_for_row_after_a_day(
 
 
 def test_forged_and_tampered_events_are_rejected_reported_and_change_nothing(
-        tmp_path: Path, kafka_config: dict[str, Any], day: Workload, prefix: str) -> None:
+        tmp_path: Path, kafka_config: dict[str, Any], broker: Broker, day: Workload,
+        prefix: str) -> None:
+    """Sync and the stream worker refuse the same events: content changed after signing,
+    another node's signature, and (each signed with the origin's real key) a fork and a
+    broken link (G6); neither the rows nor any figure moves."""
     keys = Keyring(day.keys_dir)
     heads: dict[str, tuple[int, str]] = {}
     received = None
@@ -140,29 +144,47 @@ def test_forged_and_tampered_events_are_rejected_reported_and_change_nothing(
     seq, head = heads[COMMUNE]
     at = victim.occurred_at + timedelta(hours=1)
 
-    def event(origin_seq: int, prev_hash: str, signer: str) -> bytes:
-        return encode(seal(DossierStatusChanged, origin=COMMUNE, origin_seq=origin_seq,
-                    prev_hash=prev_hash, dossier_id=victim.dossier_id, occurred_at=at,
-                    data={"from_status": 2, "to_status": 4}, key=keys(signer)))
+    def event(origin_seq: int, prev_hash: str, signer: str) -> tuple[bytes, bytes]:
+        # a new dossier received: counted if taken, so a figure moves if it gets through
+        dossier = f"D-{COMMUNE}-BAD-{origin_seq}-{prev_hash[:4]}"
+        chain = Chain(COMMUNE, keys(signer))
+        chain.seq, chain.head = origin_seq - 1, prev_hash
+        return dossier.encode(), encode(chain.emit(
+            "dossier.received", dossier, occurred_at=at, receiving_node=COMMUNE,
+            due_date=(at + timedelta(days=10)).date()))
 
     tampered = orjson.loads(received)
     tampered["data"]["due_date"] = "2025-12-31"  # a valid value, not the one signed
     key = victim.dossier_id.encode()
     bad = [
         ("dossier-events", key, orjson.dumps(tampered)),  # content changed after signing
-        ("dossier-events", key, event(seq + 1, head, "12424")),  # another node's key
-        ("dossier-events", key, event(victim.origin_seq, victim.prev_hash, COMMUNE)),  # fork
-        ("dossier-events", key, event(seq + 1, "0" * 64, COMMUNE)),  # breaks the chain
+        ("dossier-events", *event(seq + 1, head, "12424")),  # another node's key
+        ("dossier-events", *event(victim.origin_seq, victim.prev_hash, COMMUNE)),  # fork
+        ("dossier-events", *event(seq + 1, "0" * 64, COMMUNE)),  # breaks the chain
         ("dossier-events", b"D-GARBAGE", b"{not json"),
     ]
     provision(kafka_config, prefix)
-    ends = produce(kafka_config, prefix, [*day.records, *bad])
+    ends = produce(kafka_config, prefix, day.records)
     site = Replica(make_engine(f"sqlite:///{tmp_path / 'site.db'}"), "site-phohien")
     commune = Replica(make_engine(f"sqlite:///{tmp_path / 'commune.db'}"), COMMUNE)
-    with sync_thread(site, kafka_config, day.keys_dir, prefix) as a, \
-            sync_thread(commune, kafka_config, day.keys_dir, prefix):
-        wait_applied(site, ends, 120)
-        wait_applied(commune, ends, 120)
+    worker = WorkerProcess(tmp_path, broker.bootstrap, prefix, day.keys_dir).start()
+    view = store_view(worker.store_url, day.keys_dir, prefix)
+    try:
+        with sync_thread(site, kafka_config, day.keys_dir, prefix) as a, \
+                sync_thread(commune, kafka_config, day.keys_dir, prefix):
+            # the bad events come once the genuine ones are in: which of two events at one
+            # place is read first decides which one is the fork (schemas/chain.py)
+            for replica in (site, commune):
+                wait_applied(replica, ends, 120)
+            wait_for_positions(view, ends, 120, worker)
+            for tp, end in produce(kafka_config, prefix, bad).items():
+                ends[tp] = max(ends.get(tp, 0), end)
+            for replica in (site, commune):
+                wait_applied(replica, ends, 120)
+            wait_for_positions(view, ends, 120, worker)
+            assert view.counters() == recount([decode(v) for _, _, v in day.records])
+    finally:
+        worker.stop()
     store = f"sqlite:///{day.keys_dir.parent / 'nodes.db'}"
     assert site.rows() == node_rows(store)
     assert commune.rows() == node_rows(store, COMMUNE)
@@ -181,6 +203,13 @@ def test_forged_and_tampered_events_are_rejected_reported_and_change_nothing(
         for word in ("hash", "signature", "fork", "chain break", "not JSON"):
             assert word in reasons, reasons
         assert all(b["source"]["topic"] == prefix + "dossier-events" for b in got)
+
+    by_worker = {b["original"]: b["reason"] for b in letters["streams"]}
+    assert sorted(by_worker) == sorted(v for _, _, v in bad)
+    for value, word in zip([v for _, _, v in bad],
+                           ("hash", "signature", "fork", "chain break", "not JSON"),
+                           strict=True):
+        assert word in by_worker[value], (word, by_worker[value])
 
 
 def test_kill_9_mid_batch_then_restart_applies_each_event_once(
