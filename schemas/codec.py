@@ -58,13 +58,13 @@ def decode(raw: bytes | bytearray | memoryview | str) -> AnyEvent:
         raise SchemaError("<message>", f"{len(raw):,} bytes is over the {MAX_EVENT_BYTES:,}-byte "
                                        "limit for one event")
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SchemaError("<message>", f"not valid UTF-8 (byte {exc.start}: "
-                                       f"{raw[exc.start:exc.start + 1]!r})") from None
-    try:
-        obj = orjson.loads(raw)
+        obj = orjson.loads(raw)  # which also rejects bytes that are not UTF-8
     except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise SchemaError("<message>", f"not valid UTF-8 (byte {bad.start}: "
+                                           f"{raw[bad.start:bad.start + 1]!r})") from None
         raise SchemaError("<message>", f"not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise SchemaError("<message>", f"expected a JSON object, got {_json_kind(obj)}")
@@ -80,7 +80,7 @@ def decode(raw: bytes | bytearray | memoryview | str) -> AnyEvent:
     except ValidationError as exc:
         raise schema_error(exc, obj["type"]) from None
     _require_canonical(raw, obj, event if upcasted is obj else None)
-    event._wire_hash = wire_hash
+    event.__pydantic_private__["_wire_hash"] = wire_hash  # type: ignore[index]
     return event
 
 

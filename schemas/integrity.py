@@ -97,8 +97,15 @@ def verify(event: AnyEvent, registry: KeyRegistry | None) -> None:
     if digest != event.hash:
         raise BadHash(event.event_id, event.origin,
                       "content does not match its hash (altered after signing)")
-    if registry is None:
-        return
+    if registry is not None:
+        check_signature(event, registry)
+
+
+def check_signature(event: AnyEvent, registry: KeyRegistry) -> None:
+    """Raise ``UnknownOrigin`` or ``BadSignature`` unless ``event.sig`` is its origin's
+    signature of ``event.hash`` (whether the content matches the hash is ``verify``'s other
+    half). Safe on any thread: libsodium runs without the GIL, which lets the stream worker
+    check signatures beside its decoding (streams/processor.py)."""
     key = registry.get(event.origin)
     if key is None:
         raise UnknownOrigin(event.event_id, event.origin,
@@ -116,14 +123,13 @@ def checked_event(key: bytes | None, value: bytes | None, registry: KeyRegistry 
                   *, signatures: bool = True) -> AnyEvent:
     """The event in a Kafka record keyed by its subject, or ``MotcuaError`` saying why it
     cannot be taken: no value, not an event (``decode``), not intact or not signed by its
-    origin (``verify``; skipped with ``signatures=False``, benchmarks only), or a record key
-    other than its subject id (its events would split across partitions). What every
+    origin (``verify``; with ``signatures=False`` the caller checks the signature), or a
+    record key other than its subject id (its events would split across partitions). What every
     consumer of the event topics checks before anything else."""
     if value is None:
         raise MotcuaError("<record>: no value (a tombstone); an event was expected")
     event = decode(value)
-    if signatures:
-        verify(event, registry)
+    verify(event, registry if signatures else None)
     if key != event.dossier_id.encode():
         shown = key if key is None or len(key) <= 80 else key[:80] + b"..."
         raise MotcuaError(f"<key>: record key {shown!r} is not the subject id "

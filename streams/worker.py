@@ -1,17 +1,19 @@
-"""The faust-streaming app: ``motcua streams``.
+"""The stream worker: ``motcua streams``, a faust-streaming app.
 
-faust gives us the consumer group (partition assignment, rebalances, heartbeats), the agents
-and the timers. The state is NOT in faust tables: their changelog recovery stops early on the
-embedded broker (DESIGN.md "Known facts"), so exactness cannot rest on it. Each batch is
-folded by ``streams.processor`` and committed to the worker store together with the source
-positions; faust's committed offsets are only where the consumer starts looking. Agent
-concurrency is 1 and batches come from ``stream.take_events()`` (faust's per-event path is
-slow, and concurrency > 1 can commit past in-flight messages: faust #606).
+faust is the shell: the worker process, signals, the timer that publishes snapshots, and the
+producer. Records come from one aiokafka consumer in the group ``<prefix>motcua-streams``,
+in batches from ``getmany`` (faust's own consumer delivers message by message, which cost a
+third of the worker's time; docs/benchmarks.md). The state is NOT in faust tables: their
+changelog recovery is inexact after kill -9 on both brokers (docs/kafka.md), so exactness
+cannot rest on it. Each batch is folded by ``streams.processor`` and committed to the worker
+store together with the source positions; after each rebalance the consumer seeks to those
+positions, and the group's committed offsets only inform lag tools.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -21,13 +23,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
-from faust.types import TP as FaustTP
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from faust.app.base import BootStrategy
 
 from infra.broker import free_port
 from infra.db import make_engine
 from infra.settings import Settings
 from schemas.keys import load_registry
+from schemas.snapshot import Snapshot
 from schemas.topics import COUNTERS, DEAD_LETTERS, DOSSIER_EVENTS, HOTLINE_EVENTS
 from streams.processor import CALLS, DOSSIERS, TP, PositionConflict, Processor, Record
 
@@ -35,12 +38,6 @@ log = logging.getLogger("motcua.streams")
 
 SnapshotKey = tuple[TP, str, str]  # (source partition, scope, period)
 MAX_ROUND = 1000  # snapshots per publishing round
-
-
-def snapshot_key(prefix: str, tp: TP, scope: str, period: str) -> str:
-    """The ``counters`` record key: one partial per source partition (see streams/reader)."""
-    topic = tp[0].removeprefix(prefix)
-    return f"{scope}|{period}|{topic}:{tp[1]}"
 
 
 class StreamWorker:
@@ -61,10 +58,6 @@ class StreamWorker:
         self.batch_size = settings.streams_batch
         self.interval = settings.snapshot_interval_ms / 1000
         self.app = self._make_app()
-        self._topics = {name: self.app.topic(name, key_type=bytes, value_type=bytes,
-                                             key_serializer="raw", value_serializer="raw",
-                                             internal=False)
-                        for name in self.source}
         self.counters_name = prefix + COUNTERS
         self.dead_topic = self.app.topic(prefix + DEAD_LETTERS, key_serializer="raw",
                                          value_serializer="raw", internal=False)
@@ -74,17 +67,15 @@ class StreamWorker:
         self.last_published: dict[SnapshotKey, float] = {}
         self._sought: dict[TP, tuple[int, float]] = {}
         self.assigned: set[TP] = set()
-        for name, topic in self._topics.items():
-            self.app.agent(topic, name=f"fold-{self.source[name]}", concurrency=1)(self._consume)
+        self.consumer: AIOKafkaConsumer | None = None
+        self._committed_at = 0.0
+        self.app.task(self._consume)
         self.app.timer(0.1, name="publish-snapshots")(self._publish_due)
-        # mode's signal stubs reject any bound async receiver; the call shape is right
-        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
-        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     def _make_app(self) -> faust.App:
         s = self.settings
         session = s.group_config()["session_timeout_ms"] / 1000
-        return faust.App(
+        return _ShellApp(
             f"{self.prefix}motcua-streams",
             broker=[f"kafka://{h}" for h in s.bootstrap.split(",")],
             broker_credentials=_credentials(s),
@@ -115,10 +106,58 @@ class StreamWorker:
 
     # --- consuming -----------------------------------------------------------------------
 
-    async def _consume(self, stream: Any) -> None:
-        async for events in stream.take_events(self.batch_size, within=0.02):
-            await self.handle([Record(e.message.topic, e.message.partition, e.message.offset,
-                                      e.message.key, e.message.value) for e in events])
+    def _make_consumer(self) -> AIOKafkaConsumer:
+        s = self.settings
+        group = s.group_config()
+        request_timeout = max(3 * group["session_timeout_ms"], 15_000)
+        return AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap.split(","),
+            group_id=f"{self.prefix}motcua-streams",
+            client_id=f"motcua-streams-{self.worker_id}",
+            enable_auto_commit=False,  # offsets follow the store (_commit_offsets)
+            auto_offset_reset="earliest",
+            session_timeout_ms=group["session_timeout_ms"],
+            heartbeat_interval_ms=group["heartbeat_interval_ms"],
+            request_timeout_ms=request_timeout,
+            # a fetch finding little data is answered within this wait (G7: 1 s p99)
+            fetch_max_wait_ms=s.streams_fetch_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            **_aiokafka_security(s),
+        )
+
+    async def _consume(self) -> None:
+        """The worker's one consuming task: batches of up to ``streams_batch`` records from
+        aiokafka's ``getmany``, folded and stored in one transaction each."""
+        consumer = self.consumer = self._make_consumer()
+        await consumer.start()
+        consumer.subscribe(topics=sorted(self.source), listener=_Rebalance(self))
+        freeze_heap()
+        try:
+            while True:
+                fetched = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
+                records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value)
+                           for tp, messages in fetched.items() for m in messages]
+                if records:
+                    await self.handle(records)
+                    await self._commit_offsets()
+        finally:
+            await consumer.stop()
+
+    async def _commit_offsets(self) -> None:
+        """Tell the group where the store is, at most once a second: only for lag tools;
+        the store's positions are the truth (a rebalance seeks to them)."""
+        now = time.monotonic()
+        if now - self._committed_at < 1.0:
+            return
+        self._committed_at = now
+        offsets = {TopicPartition(*tp): pos for tp in self.assigned
+                   if (pos := self.processor.position(tp)) is not None}
+        if not offsets or self.consumer is None:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - a rebalance in progress: next second
+            log.info("offsets not committed: %r", exc)
 
     async def handle(self, records: list[Record]) -> None:
         async with self._lock:
@@ -173,7 +212,8 @@ class StreamWorker:
         self._sought[tp] = (offset, now)
         log.info("seeking %s[%d] back to %d (the store's position)", tp[0], tp[1], offset)
         try:
-            await self.app.consumer.seek(FaustTP(tp[0], tp[1]), offset)
+            assert self.consumer is not None
+            self.consumer.seek(TopicPartition(*tp), offset)
         except Exception as exc:  # noqa: BLE001 - revoked meanwhile: the new owner seeks
             log.info("seek %s[%d] skipped: %r", tp[0], tp[1], exc)
 
@@ -182,54 +222,29 @@ class StreamWorker:
             if tp in self.assigned:
                 await self._seek(tp, offset)
 
-    # --- rebalancing ---------------------------------------------------------------------
+    # --- rebalancing (aiokafka calls these between two getmany calls) -------------------
 
-    async def _on_assigned(self, sender: Any, *args: Any, signal: Any = None,
-                           **kwargs: Any) -> None:
-        assigned: set[FaustTP] = args[0] if args else kwargs["assigned"]
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Seek every partition to the store's position: the store is the truth, not the
+        group's committed offset (one committed for records acknowledged but not stored,
+        e.g. a failed batch, would otherwise leave a quiet partition unread for ever)."""
         mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.source}
-        self._hook_seek_to_committed()
         async with self._lock:  # never between a batch's prepare and its commit
-            gone = self.assigned - mine
+            self._forget(self.assigned - mine)
             self.assigned = mine
-            self._forget(gone)
+            self._sought.clear()
             try:
                 positions = self.processor.load_positions(mine)
                 self._reload_pending()
             except Exception:  # the store is down: batches will retry and seek back
                 log.exception("could not read the store on assignment")
                 return
+            assert self.consumer is not None
+            for tp, offset in positions.items():
+                self.consumer.seek(TopicPartition(*tp), offset)
         log.info("assigned %s", sorted(positions.items()))
 
-    def _hook_seek_to_committed(self) -> None:
-        """After each rebalance faust seeks every partition to Kafka's committed offset
-        (``Consumer.perform_seek``, run by its recovery service after our signal). The
-        store's positions are the truth: an offset committed for records that were
-        acknowledged but not stored (a failed batch, a record of a partition revoked
-        meanwhile, a position conflict) is ahead of the store, and a partition with no new
-        records would never be read again (seen: two workers, one killed, the survivor
-        stopped at 939 of 1,212). So the worker seeks to the store right after faust."""
-        consumer = self.app.consumer
-        if getattr(consumer, "_motcua_seek_hooked", False):
-            return
-        faust_seek = consumer.perform_seek
-
-        async def perform_seek() -> None:
-            await faust_seek()
-            try:
-                async with self._lock:
-                    for tp in self.assigned:
-                        self._sought.pop(tp, None)  # a fresh seek, never deduplicated
-                    await self._seek_to_store(self.assigned)
-            except Exception:
-                log.exception("could not seek to the store's positions after a rebalance")
-
-        consumer.perform_seek = perform_seek  # type: ignore[method-assign]
-        consumer._motcua_seek_hooked = True  # type: ignore[attr-defined]
-
-    async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None,
-                          **kwargs: Any) -> None:
-        revoked: set[FaustTP] = args[0] if args else kwargs["revoked"]
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in revoked if tp.topic in self.source}
         async with self._lock:
             self.assigned -= gone
@@ -245,7 +260,8 @@ class StreamWorker:
 
     def _behind(self, tp: TP) -> bool:
         try:
-            high = self.app.consumer.highwater(FaustTP(tp[0], tp[1]))
+            assert self.consumer is not None
+            high = self.consumer.highwater(TopicPartition(*tp))
         except Exception:  # noqa: BLE001 - not fetched yet / revoked: publish as usual
             return False
         position = self.processor.position(tp)
@@ -293,20 +309,67 @@ class StreamWorker:
         for key, values, next_offset, version in self.processor.snapshots(
                 k for k in due if k[0] in self.assigned):
             tp, scope, period = key
-            body = {"scope": scope, "period": period,
-                    "source": {"topic": tp[0].removeprefix(self.prefix), "partition": tp[1],
-                               "next_offset": next_offset},
-                    "measures": values, "worker": self.worker_id, "published_at": stamp}
+            snap = Snapshot(scope, period, (tp[0].removeprefix(self.prefix), tp[1]),
+                            next_offset, values, self.worker_id, stamp)
             # the producer itself, not Topic.send: faust's per-message wrapping costs more
             # than the message when thousands of partials change at once (a catch-up)
             fut = await self.app.producer.send(
-                self.counters_name, snapshot_key(self.prefix, tp, scope, period).encode(),
-                orjson.dumps(body), partition=None, timestamp=None, headers=None)
+                self.counters_name, snap.key.encode(), snap.encode(), partition=None,
+                timestamp=None, headers=None)
             self.last_published[key] = now
             sent.append((key, version, fut))
         if sent:
             await asyncio.gather(*(fut for _, _, fut in sent))
             self.processor.published_many([(k[0], k[1], k[2], v) for k, v, _ in sent])
+
+
+class _NoFaustConsumer(BootStrategy):
+    """faust's consumer delivers message by message (about 60 µs each, and batches of ~200
+    from ``take_events(2000)``: docs/benchmarks.md), a third of the worker's time. The app
+    keeps faust's producer, timers, tasks and worker; records come from an aiokafka
+    consumer of our own (``StreamWorker._consume``) in batches of ``streams_batch``."""
+
+    enable_kafka_consumer = False
+
+
+class _ShellApp(faust.App):
+    BootStrategy = _NoFaustConsumer
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.worker.on_assigned(assigned)
+
+
+def freeze_heap() -> None:
+    """Python's cyclic GC took 20-27% of the worker's CPU, walking the same long-lived
+    objects (modules, pydantic schemas, the subject cache) again and again. Everything
+    alive at start is moved out of its reach, and young collections run 20x less often;
+    the fold creates few cycles, so what garbage there is goes by reference counting."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(14_000, 20, 20)
+
+
+def _aiokafka_security(s: Settings) -> dict[str, Any]:
+    """aiokafka's connection options from the MOTCUA_KAFKA_* settings kafka-python gets
+    too (``Settings.kafka_config`` checked them: SASL has a mechanism, user and password)."""
+    protocol = s.kafka_security_protocol
+    out: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.endswith("SSL"):
+        out["ssl_context"] = s.ssl_context()
+    if protocol.startswith("SASL"):
+        out["sasl_mechanism"] = s.kafka_sasl_mechanism or "PLAIN"
+        out["sasl_plain_username"] = s.kafka_sasl_username or ""
+        out["sasl_plain_password"] = (s.kafka_sasl_password.get_secret_value()
+                                      if s.kafka_sasl_password else "")
+    return out
 
 
 def _credentials(s: Settings) -> Any:
@@ -324,27 +387,8 @@ def _credentials(s: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
-def shorten_fetch_wait(ms: int) -> None:
-    """faust 0.15 builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` hard-coded
-    (faust/transport/drivers/aiokafka.py) and no setting to change it. A fetch that finds
-    little data is then held up to 1.5 s by the broker, which alone breaks G7 (1 s, p99).
-    This process only runs our worker, so its consumer class is given a shorter wait."""
-    import aiokafka
-    import faust.transport.drivers.aiokafka as driver
-
-    base = aiokafka.AIOKafkaConsumer
-
-    class ShortWaitConsumer(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["fetch_max_wait_ms"] = ms
-            super().__init__(*args, **kwargs)
-
-    driver.aiokafka.AIOKafkaConsumer = ShortWaitConsumer  # type: ignore[attr-defined]
-
-
 def run(settings: Settings, *, verify: bool = True, loglevel: str = "WARNING") -> int:
     """Run a worker until SIGINT/SIGTERM (faust's worker owns the loop and the signals)."""
-    shorten_fetch_wait(settings.streams_fetch_wait_ms)
     worker = StreamWorker(settings, verify=verify)
     faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
     faust_worker.execute_from_commandline()
