@@ -49,7 +49,8 @@ def cmd_streams(args: argparse.Namespace, settings: Settings, say: Say) -> int:
 
 
 def cmd_counters(args: argparse.Namespace, settings: Settings, say: Say) -> int:
-    from streams.reader import read_snapshots, scope_figures
+    from schemas.snapshot import scope_figures
+    from streams.reader import read_snapshots
 
     end: date = args.end or datetime.now(LOCAL_TZ).date()
     start: date = args.start or end.replace(day=1)

@@ -1,27 +1,17 @@
-"""Reading figures back from the ``counters`` topic (``motcua counters``, displays, tests).
-
-Each record is the partial counter of one (scope, period) from ONE source partition, stamped
-with that partition's position. Partitions hold disjoint dossiers, so a figure is the sum of
-the latest partial of every partition. "Latest" means the highest source position, not the
-last record written: a worker that lost its partition in a rebalance may publish once more
-after the new owner, and its older view must not win.
-"""
+"""Reading a topic to its end without a group, and the ``counters`` topic's latest
+snapshots (``motcua counters``, displays, tests); the record itself is schemas/snapshot.py."""
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
-import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from schemas.counters import Figures, figures, is_day
 from schemas.errors import MotcuaError
+from schemas.snapshot import Snapshot, latest
 
 
 class TopicUnreadable(MotcuaError):
@@ -57,66 +47,12 @@ def read_to_end(kafka_config: dict[str, Any], topic: str, timeout: float = 30.0
         consumer.close()
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    scope: str
-    period: str
-    source: tuple[str, int]
-    next_offset: int
-    measures: dict[str, int]
-
-
 def read_snapshots(kafka_config: dict[str, Any], topic: str, timeout: float = 30.0
                    ) -> dict[str, Snapshot]:
-    """The latest snapshot of every key of the counters ``topic``."""
-    latest: dict[str, Snapshot] = {}
-    for rec in read_to_end(kafka_config, topic, timeout):
-        snap = _parse(rec.value)
-        if snap is None:
-            continue
-        key = rec.key.decode() if rec.key else ""
-        kept = latest.get(key)
-        if kept is None or snap.next_offset >= kept.next_offset:
-            latest[key] = snap
-    return latest
+    """The latest snapshot of every key of the counters ``topic`` (schemas/snapshot.py)."""
+    return latest((rec.key, rec.value) for rec in read_to_end(kafka_config, topic, timeout))
 
 
 def _at_end(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
     high = consumer.highwater(tp)
     return high is not None and consumer.position(tp) >= high
-
-
-def _parse(value: bytes | None) -> Snapshot | None:
-    if not value:
-        return None
-    try:
-        body = orjson.loads(value)
-        source = body["source"]
-        return Snapshot(str(body["scope"]), str(body["period"]),
-                        (str(source["topic"]), int(source["partition"])),
-                        int(source["next_offset"]),
-                        {str(k): int(v) for k, v in body["measures"].items()})
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        return None  # not a snapshot we wrote; a reader must not fall over on it
-
-
-def totals(snapshots: dict[str, Snapshot], *, days_only: bool = False
-           ) -> dict[tuple[str, str, str], int]:
-    """Every counter summed over source partitions: {(scope, period, measure): value}."""
-    out: dict[tuple[str, str, str], int] = defaultdict(int)
-    for snap in snapshots.values():
-        if days_only and not is_day(snap.period):
-            continue
-        for measure, value in snap.measures.items():
-            out[(snap.scope, snap.period, measure)] += value
-    return {k: v for k, v in out.items() if v}
-
-
-def scope_figures(snapshots: dict[str, Snapshot], scope: str, start: date, end: date
-                  ) -> Figures:
-    days: dict[tuple[str, str], int] = defaultdict(int)
-    for snap in snapshots.values():
-        if snap.scope == scope and is_day(snap.period):
-            for measure, value in snap.measures.items():
-                days[(snap.period, measure)] += value
-    return figures(days, scope, start, end)

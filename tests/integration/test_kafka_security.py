@@ -35,8 +35,9 @@ from infra.kafka.cluster import KafkaCluster, Security
 from infra.settings import SettingsError, load_settings, ssl_context
 from producers.store import count_unpublished
 from producers.tables import outbox
+from schemas.snapshot import totals
 from schemas.topics import COUNTERS
-from streams.reader import read_snapshots, totals
+from streams.reader import read_snapshots
 from tests.conftest import broker_kinds, kafka_lib
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import CliProcess, WorkerProcess, Workload, simulate, store_view

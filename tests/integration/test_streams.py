@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from schemas.snapshot import totals
 from schemas.topics import COUNTERS
-from streams.reader import read_snapshots, totals
+from streams.reader import read_snapshots
 from tests.conftest import Broker
 from tests.streams_support import (
     WorkerProcess,
