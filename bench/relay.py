@@ -19,12 +19,12 @@ from nacl.signing import SigningKey
 from sqlalchemy import Row, select
 
 from infra.broker import EmbeddedBroker
+from infra.node_tables import outbox
 from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
 from producers.migrate import open_store
 from producers.relay import Relay, producer_config
 from producers.service import DossierService
-from producers.tables import outbox
 from schemas.events import LOCAL_TZ
 from schemas.topics import topic_specs
 

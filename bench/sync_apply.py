@@ -30,8 +30,8 @@ from sqlalchemy import Engine, bindparam, create_engine, event, select
 
 from consumers.replica import Replica, dossiers, events, metadata, positions
 from infra.db import insert_for, make_engine
+from infra.node_tables import state_from_row, state_to_row
 from infra.settings import load_settings
-from producers.store import state_from_row, state_to_row
 from schemas.codec import decode, encode
 from schemas.counters import is_call_event
 from schemas.events import AnyEvent

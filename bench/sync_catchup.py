@@ -29,7 +29,7 @@ from bench.sync_latency import pg_schema_url
 from consumers.replica import Replica
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine
-from producers.tables import outbox
+from infra.node_tables import outbox
 from tests.streams_support import provision
 from tests.sync_support import SyncProcess, node_rows, wait_applied
 

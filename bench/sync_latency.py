@@ -36,10 +36,10 @@ from bench.sync_apply import pg_schema
 from consumers.replica import dossiers
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine, reader
+from infra.node_tables import outbox
 from infra.nodes import all_nodes, node_ids
 from producers.migrate import open_store
 from producers.service import DossierService
-from producers.tables import outbox
 from schemas.keys import Keyring, init_keystore
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import provision

@@ -3,7 +3,7 @@
 ``Replica.apply`` takes verified events and the source positions they came from, and in ONE
 transaction stores the distinct events, brings every dossier (and, at a site, every hotline
 call) they touch up to date with the same fold the node stores and the stream worker use
-(``schemas.fold``), writes the rows in the node store's own row format (``producers.tables``),
+(``schemas.fold``), writes the rows in the node store's own row format (``infra.node_tables``),
 and moves the positions. Same set of events in, same rows out, whatever the order or the
 duplicates (DESIGN.md G3); a replayed batch changes nothing.
 
@@ -56,11 +56,10 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from infra.db import insert_for, reader
+from infra.node_tables import NODE, UtcDateTime, state_from_row, state_to_row
+from infra.node_tables import dossiers as node_dossiers
+from infra.node_tables import hotline_calls as node_calls
 from infra.nodes import get_node
-from producers.store import state_from_row, state_to_row
-from producers.tables import NODE, UtcDateTime
-from producers.tables import dossiers as node_dossiers
-from producers.tables import hotline_calls as node_calls
 from schemas.chain import DUPLICATE, Link, Place, judge
 from schemas.codec import decode, encode
 from schemas.counters import fold_call, is_call_event

@@ -36,8 +36,8 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from infra.db import reader
+from infra.node_tables import node_heads, outbox, relay_leases
 from producers import store
-from producers.tables import node_heads, outbox, relay_leases
 
 log = logging.getLogger("motcua.relay")
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
+from infra.node_tables import hotline_calls
 from infra.nodes import get_node
 from producers import store
 from producers.errors import (
@@ -28,7 +29,6 @@ from producers.errors import (
     DossierTransitionError,
     InvalidRequest,
 )
-from producers.tables import hotline_calls
 from schemas.codec import schema_error
 from schemas.enums import Channel, DossierStatus, HotlineCategory
 from schemas.events import (

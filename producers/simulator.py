@@ -21,13 +21,13 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from infra.node_tables import dossiers
 from infra.nodes import SITES, all_nodes
 from producers.calendar import add_office_hours, at
 from producers.errors import ServiceError
 from producers.lifecycle import Op, lifecycle, receipt_time
 from producers.plan import Cell, days_between, hotline_plan, plan
 from producers.service import DossierService
-from producers.tables import dossiers
 from schemas.enums import HotlineCategory
 from schemas.errors import MotcuaError
 from schemas.events import LOCAL_TZ

@@ -19,7 +19,9 @@ import os
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,7 +30,6 @@ from faust.app.base import BootStrategy
 
 from infra.broker import free_port
 from infra.db import make_engine
-from infra.settings import Settings
 from schemas.keys import load_registry
 from schemas.snapshot import Snapshot
 from schemas.topics import COUNTERS, DEAD_LETTERS, DOSSIER_EVENTS, HOTLINE_EVENTS
@@ -40,23 +41,41 @@ SnapshotKey = tuple[TP, str, str]  # (source partition, scope, period)
 MAX_ROUND = 1000  # snapshots per publishing round
 
 
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs, as plain values (built from Settings by infra/cli/bootstrap)."""
+
+    bootstrap: str
+    prefix: str
+    store_url: str
+    keys_path: Path | None  # None: signatures are not checked (benchmarks only)
+    data_dir: Path
+    batch: int = 2000  # records per transaction
+    cache: int = 100_000  # folded subjects kept in memory
+    snapshot_interval: float = 1.0  # seconds between two snapshots of one key
+    fetch_wait_ms: int = 100
+    session_timeout_ms: int = 2000
+    heartbeat_interval_ms: int = 500
+    replication_factor: int = 1  # faust's own topics
+    security: dict[str, Any] = field(default_factory=dict)  # aiokafka connection options
+
+
 class StreamWorker:
-    def __init__(self, settings: Settings, *, worker_id: str | None = None,
-                 verify: bool = True) -> None:
-        self.settings = settings
+    def __init__(self, config: WorkerConfig, *, worker_id: str | None = None) -> None:
+        self.config = config
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        prefix = self.prefix = settings.topic_prefix
+        prefix = self.prefix = config.prefix
         self.source = {prefix + DOSSIER_EVENTS: DOSSIERS, prefix + HOTLINE_EVENTS: CALLS}
-        registry = load_registry(settings.keys_path) if verify else None
-        self.processor = Processor(make_engine(settings.streams_store_url, sqlite_sync="NORMAL"),
+        registry = load_registry(config.keys_path) if config.keys_path else None
+        self.processor = Processor(make_engine(config.store_url, sqlite_sync="NORMAL"),
                                    self.source,
                                    registry, worker=self.worker_id,
-                                   cache_size=settings.streams_cache)
+                                   cache_size=config.cache)
         if self.processor.refolded:
             log.warning("the store was built by other counter rules: emptied, refolding "
                         "every partition from offset 0")
-        self.batch_size = settings.streams_batch
-        self.interval = settings.snapshot_interval_ms / 1000
+        self.batch_size = config.batch
+        self.interval = config.snapshot_interval
         self.app = self._make_app()
         self.counters_name = prefix + COUNTERS
         self.dead_topic = self.app.topic(prefix + DEAD_LETTERS, key_serializer="raw",
@@ -73,14 +92,14 @@ class StreamWorker:
         self.app.timer(0.1, name="publish-snapshots")(self._publish_due)
 
     def _make_app(self) -> faust.App:
-        s = self.settings
-        session = s.group_config()["session_timeout_ms"] / 1000
+        c = self.config
+        session = c.session_timeout_ms / 1000
         return _ShellApp(
             f"{self.prefix}motcua-streams",
-            broker=[f"kafka://{h}" for h in s.bootstrap.split(",")],
-            broker_credentials=_credentials(s),
+            broker=[f"kafka://{h}" for h in c.bootstrap.split(",")],
+            broker_credentials=_credentials(c.security),
             broker_session_timeout=session,
-            broker_heartbeat_interval=s.group_config()["heartbeat_interval_ms"] / 1000,
+            broker_heartbeat_interval=c.heartbeat_interval_ms / 1000,
             # faust waits 90 s for any answer and 20 min for a produce: a broker that goes
             # silent without closing its connections (frozen VM, network partition) held
             # the worker for the whole outage, although the other replicas led within
@@ -95,34 +114,32 @@ class StreamWorker:
             # added later is not left without a standby by default.
             table_standby_replicas=1,
             # faust's own leader topic only; ours are provisioned by `motcua topics create`
-            topic_replication_factor=s.topic_replication_factor or 1,
+            topic_replication_factor=c.replication_factor,
             topic_allow_declare=True,  # only faust's own assignor topic; ours are provisioned
             producer_acks=-1,
             stream_wait_empty=False,
             # faust binds a web server even when disabled: keep it private and off 6066.
             web_enabled=False, web_bind="127.0.0.1", web_port=free_port(),
-            datadir=str(s.data_dir / "faust"),
+            datadir=str(c.data_dir / "faust"),
         )
 
     # --- consuming -----------------------------------------------------------------------
 
     def _make_consumer(self) -> AIOKafkaConsumer:
-        s = self.settings
-        group = s.group_config()
-        request_timeout = max(3 * group["session_timeout_ms"], 15_000)
+        c = self.config
         return AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap.split(","),
+            bootstrap_servers=c.bootstrap.split(","),
             group_id=f"{self.prefix}motcua-streams",
             client_id=f"motcua-streams-{self.worker_id}",
             enable_auto_commit=False,  # offsets follow the store (_commit_offsets)
             auto_offset_reset="earliest",
-            session_timeout_ms=group["session_timeout_ms"],
-            heartbeat_interval_ms=group["heartbeat_interval_ms"],
-            request_timeout_ms=request_timeout,
+            session_timeout_ms=c.session_timeout_ms,
+            heartbeat_interval_ms=c.heartbeat_interval_ms,
+            request_timeout_ms=max(3 * c.session_timeout_ms, 15_000),
             # a fetch finding little data is answered within this wait (G7: 1 s p99)
-            fetch_max_wait_ms=s.streams_fetch_wait_ms,
+            fetch_max_wait_ms=c.fetch_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
-            **_aiokafka_security(s),
+            **c.security,
         )
 
     async def _consume(self) -> None:
@@ -357,39 +374,24 @@ def freeze_heap() -> None:
     gc.set_threshold(14_000, 20, 20)
 
 
-def _aiokafka_security(s: Settings) -> dict[str, Any]:
-    """aiokafka's connection options from the MOTCUA_KAFKA_* settings kafka-python gets
-    too (``Settings.kafka_config`` checked them: SASL has a mechanism, user and password)."""
-    protocol = s.kafka_security_protocol
-    out: dict[str, Any] = {"security_protocol": protocol}
-    if protocol.endswith("SSL"):
-        out["ssl_context"] = s.ssl_context()
-    if protocol.startswith("SASL"):
-        out["sasl_mechanism"] = s.kafka_sasl_mechanism or "PLAIN"
-        out["sasl_plain_username"] = s.kafka_sasl_username or ""
-        out["sasl_plain_password"] = (s.kafka_sasl_password.get_secret_value()
-                                      if s.kafka_sasl_password else "")
-    return out
-
-
-def _credentials(s: Settings) -> Any:
-    """faust's credentials from the MOTCUA_KAFKA_* settings kafka-python gets too
-    (``Settings.kafka_config`` checked them: SASL has a mechanism, user and password)."""
-    if s.kafka_security_protocol == "PLAINTEXT":
+def _credentials(security: dict[str, Any]) -> Any:
+    """faust's credentials from the aiokafka connection options the consumer gets too."""
+    protocol = security.get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
         return None
-    context = s.ssl_context() if s.kafka_security_protocol.endswith("SSL") else None
-    if s.kafka_security_protocol.startswith("SASL"):
-        password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else ""
+    context = security.get("ssl_context")
+    if protocol.startswith("SASL"):
         # an ssl_context makes them SASL_SSL, its absence SASL_PLAINTEXT
-        return faust.SASLCredentials(username=s.kafka_sasl_username or "", password=password,
-                                     mechanism=s.kafka_sasl_mechanism or "PLAIN",
+        return faust.SASLCredentials(username=security["sasl_plain_username"],
+                                     password=security["sasl_plain_password"],
+                                     mechanism=security["sasl_mechanism"],
                                      ssl_context=context)
     return faust.SSLCredentials(context)
 
 
-def run(settings: Settings, *, verify: bool = True, loglevel: str = "WARNING") -> int:
+def run(config: WorkerConfig, *, loglevel: str = "WARNING") -> int:
     """Run a worker until SIGINT/SIGTERM (faust's worker owns the loop and the signals)."""
-    worker = StreamWorker(settings, verify=verify)
+    worker = StreamWorker(config)
     faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
     faust_worker.execute_from_commandline()
     return 0

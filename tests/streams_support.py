@@ -19,6 +19,7 @@ from kafka import KafkaProducer
 from sqlalchemy import select
 
 from infra.db import make_engine
+from infra.node_tables import outbox
 from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
 from producers.lifecycle import receipt_time
@@ -26,7 +27,6 @@ from producers.migrate import open_store
 from producers.plan import plan
 from producers.service import DossierService
 from producers.simulator import Simulator
-from producers.tables import outbox
 from schemas.codec import decode, encode
 from schemas.counters import CounterKey, recount
 from schemas.events import GENESIS_HASH, DossierReceived

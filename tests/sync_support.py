@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from consumers.replica import Replica
 from consumers.sync import SyncConsumer
 from infra.db import make_engine
-from producers.tables import dossiers, hotline_calls
+from infra.node_tables import dossiers, hotline_calls
 from schemas.keys import load_registry
 from tests.integration.test_broker import cli_env
 from tests.streams_support import CliProcess

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from producers.tables import metadata
+from infra.node_tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata,

@@ -45,13 +45,13 @@ from sqlalchemy import select
 from consumers.replica import Replica
 from infra.db import make_engine, reader
 from infra.kafka.cluster import KafkaCluster, KafkaNode
+from infra.node_tables import node_heads, outbox
 from infra.nodes import node_ids
 from infra.topics import admin_client
 from producers.migrate import open_store
 from producers.service import DossierService
 from producers.simulator import Simulator
 from producers.store import count_unpublished
-from producers.tables import node_heads, outbox
 from schemas.codec import decode
 from schemas.counters import recount
 from schemas.events import AnyEvent

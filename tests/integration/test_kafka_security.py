@@ -32,9 +32,9 @@ from sqlalchemy import func, select
 from consumers.replica import Replica
 from infra.db import make_engine
 from infra.kafka.cluster import KafkaCluster, Security
+from infra.node_tables import outbox
 from infra.settings import SettingsError, load_settings, ssl_context
 from producers.store import count_unpublished
-from producers.tables import outbox
 from schemas.snapshot import totals
 from schemas.topics import COUNTERS
 from streams.reader import read_snapshots

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, select
 
 from infra.broker import EmbeddedBroker, free_port
 from infra.db import make_engine
+from infra.node_tables import node_heads, outbox
 from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
 from producers.migrate import migrate, open_store
@@ -30,7 +31,6 @@ from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
 from producers.store import count_unpublished
-from producers.tables import node_heads, outbox
 from schemas.codec import decode
 from schemas.keys import Keyring, init_keystore
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS, topic_specs

@@ -18,8 +18,8 @@ from sqlalchemy import Engine
 
 from consumers.replica import Replica
 from infra.db import make_engine
+from infra.node_tables import state_to_row
 from infra.settings import Settings
-from producers.store import state_to_row
 from schemas.counters import fold_call, is_call_event
 from schemas.events import AnyEvent
 from schemas.fold import fold

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from infra.db import make_engine
-from producers.tables import dossiers
+from infra.node_tables import dossiers
 from schemas.codec import decode
 from schemas.events import DossierReceived
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS

@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, func, select
 
+from infra.node_tables import dossiers, hotline_calls, metadata, node_heads, outbox
 from infra.nodes import UnknownNode
 from producers import store
 from producers.errors import (
@@ -25,7 +26,6 @@ from producers.errors import (
 )
 from producers.migrate import migrate
 from producers.service import DossierService
-from producers.tables import dossiers, hotline_calls, metadata, node_heads, outbox
 from schemas.codec import decode
 from schemas.enums import DossierStatus, Timeliness
 from schemas.events import GENESIS_HASH, LOCAL_TZ

@@ -24,13 +24,12 @@ from sqlalchemy import exc as sa_exc
 from consumers.replica import Applied, Replica
 from consumers.replica import events as replica_events
 from infra.db import make_engine
+from infra.node_tables import outbox, state_to_row
 from infra.nodes import node_ids
 from producers.migrate import open_store
 from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
-from producers.store import state_to_row
-from producers.tables import outbox
 from schemas.codec import decode, encode
 from schemas.counters import recount
 from schemas.deadletter import parse
@@ -423,8 +422,8 @@ def test_positions_from_another_log_are_detected_and_the_partition_read_again(
 
 def test_up_keeps_a_replica_of_the_same_history_and_empties_one_of_another(
         tmp_path: Path) -> None:
+    from infra.cli.up import _reset_replicas
     from infra.settings import load_settings
-    from infra.up import _reset_replicas
 
     settings = load_settings(data_dir=tmp_path / "var", sync_nodes="site-phohien")
     keys = tmp_path / "keys"

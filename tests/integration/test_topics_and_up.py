@@ -18,9 +18,9 @@ from kafka.admin import KafkaAdminClient
 from sqlalchemy import select, update
 
 from infra.broker import free_port, kafka_answers
+from infra.node_tables import outbox
 from producers import store
 from producers.migrate import open_store
-from producers.tables import outbox
 from schemas.codec import decode
 from schemas.integrity import verify
 from schemas.keys import load_registry

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from nacl.signing import SigningKey
 
-from infra.cli import main
+from infra.cli.main import main
 from schemas.codec import MAX_EVENT_BYTES, canonical, content_hash, decode, encode
 from schemas.errors import BadHash, BadSignature, MotcuaError, SchemaError, UnknownOrigin
 from schemas.integrity import KeyRegistry, sign_hash, verify

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from producers.tables import UtcDateTime
+from infra.node_tables import UtcDateTime
 
 revision = "0001"
 down_revision = None

@@ -1,9 +1,12 @@
-"""The node store's tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create
-them; a test checks the two agree. One database may hold several nodes (the embedded default
+"""The node store's tables (SQLAlchemy Core) and its dossier row format: the contract
+between the node services that write them (producers/) and the replicas that hold the same
+rows (consumers/). Alembic migrations in ``producers/migrations/`` create them; a test checks
+the two agree. One database may hold several nodes (the embedded default
 keeps all 106 in one SQLite file): every row says which node it belongs to."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +27,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
+from sqlalchemy.engine import Row
+
+from schemas.enums import Channel, DossierStatus
+from schemas.fold import DossierState
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -134,3 +141,48 @@ relay_leases = Table(
     Column("holder", String(120), nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
 )
+
+
+def state_to_row(s: DossierState) -> dict[str, Any]:
+    last = s.last_key or (None, None, None)
+    return {
+        "dossier_id": s.dossier_id, "status": None if s.status is None else int(s.status),
+        "channel": None if s.channel is None else s.channel.value,
+        "full_online": s.full_online, "procedure_code": s.procedure_code, "field": s.field,
+        "receiving_node": s.receiving_node, "received_at": s.received_at,
+        "due_date": s.due_date, "original_due_date": s.original_due_date,
+        "extensions": s.extensions, "components_digitised": s.components_digitised,
+        "result_digitised": s.result_digitised, "supplements": s.supplements,
+        "resolved_at": s.resolved_at, "returned_at": s.returned_at,
+        "withdrawn_at": s.withdrawn_at, "refused_at": s.refused_at,
+        "nodes": json.dumps(sorted(s.nodes)), "event_count": s.event_count,
+        "last_occurred_at": last[0], "last_origin": last[1], "last_origin_seq": last[2],
+        "anomalies": json.dumps(list(s.anomalies), ensure_ascii=False),
+        "timeline": json.dumps([[t.isoformat(), int(st)] for t, st in s.timeline]),
+    }
+
+
+def state_from_row(row: Row[Any]) -> DossierState:
+    m = row._mapping
+    last = None
+    if m["last_occurred_at"] is not None:
+        last = (_utc(m["last_occurred_at"]), str(m["last_origin"]), int(m["last_origin_seq"]))
+    return DossierState(
+        dossier_id=m["dossier_id"],
+        status=None if m["status"] is None else DossierStatus(m["status"]),
+        channel=None if m["channel"] is None else Channel(m["channel"]),
+        full_online=m["full_online"], procedure_code=m["procedure_code"], field=m["field"],
+        receiving_node=m["receiving_node"], received_at=m["received_at"],
+        due_date=m["due_date"], original_due_date=m["original_due_date"],
+        extensions=m["extensions"], components_digitised=m["components_digitised"],
+        result_digitised=m["result_digitised"], supplements=m["supplements"],
+        resolved_at=m["resolved_at"], returned_at=m["returned_at"],
+        withdrawn_at=m["withdrawn_at"], refused_at=m["refused_at"],
+        nodes=frozenset(json.loads(m["nodes"])), event_count=m["event_count"],
+        last_key=last, anomalies=tuple(json.loads(m["anomalies"])),
+        timeline=tuple((datetime.fromisoformat(t), DossierStatus(st))
+                       for t, st in json.loads(m["timeline"])))
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
+from infra.cli.args import parse_date
+from infra.cli.bootstrap import provision, worker_config
 from infra.nodes import SITES, UnknownNode, get_node
-from infra.producers_cli import _date
 from infra.settings import Settings
-from infra.up import provision
 from schemas.counters import CHANNELS, PROVINCE, Figures
 from schemas.enums import HotlineCategory
 from schemas.errors import MotcuaError
@@ -45,7 +45,7 @@ def cmd_streams(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     provision(settings, settings.bootstrap, lambda _line: None)
     say(f"streams worker: store {settings.streams_store_url}, "
         f"verify signatures: {'no' if args.no_verify else 'yes'}")
-    return run(settings, verify=not args.no_verify, loglevel=args.loglevel)
+    return run(worker_config(settings, verify=not args.no_verify), loglevel=args.loglevel)
 
 
 def cmd_counters(args: argparse.Namespace, settings: Settings, say: Say) -> int:
@@ -129,9 +129,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: S
     p = sub.add_parser("counters", help="print the live figures for a scope and date range")
     p.add_argument("--scope", type=parse_scope, default=PROVINCE,
                    help="province (default), site:ID or commune:CODE")
-    p.add_argument("--from", dest="start", type=_date, help="first local date (default: "
+    p.add_argument("--from", dest="start", type=parse_date, help="first local date (default: "
                    "the 1st of --to's month)")
-    p.add_argument("--to", dest="end", type=_date, help="last local date (default: today)")
+    p.add_argument("--to", dest="end", type=parse_date, help="last local date (default: today)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(func=lambda a, s: cmd_counters(a, s, say))

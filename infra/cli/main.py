@@ -13,12 +13,17 @@ from types import FrameType
 
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from infra import kafka_cli, producers_cli, streams_cli, sync_cli
 from infra.broker import EmbeddedBroker
+from infra.cli import kafka as kafka_cli
+from infra.cli import producers as producers_cli
+from infra.cli import streams as streams_cli
+from infra.cli import sync as sync_cli
+from infra.cli.bootstrap import provision
+from infra.cli.up import UpOptions, run_up
 from infra.nodes import all_nodes, node_ids
+from infra.process import StopSignals
 from infra.settings import Settings, load_settings
 from infra.topics import admin_client, describe, kafka_reason
-from infra.up import StopSignals, UpOptions, provision, run_up
 from schemas.check import check_lines, seq_gaps
 from schemas.errors import MotcuaError
 from schemas.jsonschema import JSON_DIR, export

@@ -21,27 +21,24 @@ stores (they were made anew: new events would reuse the same places in each chai
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from infra.broker import EmbeddedBroker, die_with_parent
+from infra.cli.bootstrap import open_replica, provision, replica_exists
 from infra.kafka.cluster import KafkaCluster, lib_dir
 from infra.nodes import get_node, node_ids
+from infra.process import StopSignals
 from infra.settings import Settings
-from infra.topics import admin_client, ensure_topics
 from producers import store
 from producers.migrate import open_store
 from producers.relay import Relay
@@ -49,64 +46,9 @@ from producers.service import DossierService
 from producers.simulator import Simulator
 from schemas.errors import MotcuaError
 from schemas.keys import Keyring, init_keystore
-from schemas.topics import topic_specs
 from streams.store import reset_store, stored_progress
 
 Say = Callable[[str], None]
-
-
-class StopSignals:
-    """While entered, SIGINT, SIGTERM and SIGHUP ask for a stop instead of raising, so a
-    stop request that comes while things are still starting is honoured once they have
-    started, and everything is then stopped in order."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._received: list[str] = []
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._previous.items():
-            signal.signal(sig, old)
-
-    def _handler(self, signum: int, _frame: FrameType | None) -> None:
-        self._received.append(signal.Signals(signum).name)
-        self._event.set()
-
-    def wait(self, tick: Callable[[], None] | None = None, every: float = 30.0,
-             watch: Callable[[], str | None] | None = None) -> str:
-        """Block until a stop signal; returns its name. ``tick`` runs every ``every``
-        seconds meanwhile (a status line); ``watch`` every half second, and a reason it
-        returns ends the wait too (something vital died)."""
-        next_tick = time.monotonic() + every
-        while not self._event.wait(0.5):
-            if watch is not None and (reason := watch()):
-                return reason
-            if tick is not None and time.monotonic() >= next_tick:
-                tick()
-                next_tick += every
-        return self._received[0]
-
-
-def provision(settings: Settings, bootstrap: str, say: Say) -> None:
-    admin = admin_client(settings.kafka_config(bootstrap), settings.kafka_bootstrap_timeout_ms)
-    try:
-        statuses = ensure_topics(admin, topic_specs(settings.topic_prefix),
-                                 settings.topic_replication_factor)
-    finally:
-        admin.close()
-    for status in statuses:
-        note = f" ({status.note})" if status.note else ""
-        say(f"topic {status.name}: {status.status}{note}")
-    created = sum(s.status == "created" for s in statuses)
-    say(f"topics: {created} created, {len(statuses) - created} already existed"
-        + ("" if created else "; nothing changed"))
 
 
 def local_cluster(settings: Settings, brokers: int | None = None, port: int | None = None,
@@ -254,7 +196,6 @@ def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
     history reads it again (duplicates); one holding another history (the node stores
     were made anew, or restored from an older copy) is emptied, or the stores' new events
     would be refused as forks."""
-    from infra.sync_cli import open_replica, replica_exists
 
     starts = store.chain_starts(engine)
     for node in settings.sync_node_ids:
@@ -276,7 +217,6 @@ def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
 
 
 def _sync_status(syncs: dict[str, subprocess.Popen[bytes]], settings: Settings) -> str:
-    from infra.sync_cli import open_replica
 
     parts = []
     for node, child in syncs.items():

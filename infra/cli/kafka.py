@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from infra.cli.up import cluster_gone, describe_nodes, local_cluster
 from infra.kafka.cluster import install
+from infra.process import StopSignals
 from infra.settings import Settings
-from infra.up import StopSignals, cluster_gone, describe_nodes, local_cluster
 
 Say = Callable[[str], None]
 

@@ -8,75 +8,19 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.replica import Replica
 from consumers.sync import SOURCE_TOPICS, SyncConsumer, lag_of
-from infra.db import make_engine
+from infra.cli.bootstrap import open_replica, provision, replica_exists
 from infra.nodes import UnknownNode, get_node
+from infra.process import StopSignals
 from infra.settings import Settings
-from infra.up import StopSignals, provision
 from schemas.errors import MotcuaError
 from schemas.keys import load_registry
 
 Say = Callable[[str], None]
-
-
-def replica_location(settings: Settings, node: str, db: str | None = None
-                     ) -> tuple[str, str | None]:
-    """(URL, PostgreSQL schema or None) of ``node``'s replica; ``db`` overrides settings."""
-    if db is None:
-        return settings.replica_url(node)
-    return db.replace("{node}", node), None
-
-
-def open_replica(settings: Settings, node: str, db: str | None = None, *,
-                 create: bool = True) -> Replica:
-    """``node``'s replica, created if it does not exist yet (``create`` False: only read).
-    A database that cannot be opened is one ``MotcuaError`` naming it."""
-    url, schema = replica_location(settings, node, db)
-    engine = None
-    try:
-        parsed = make_url(url)
-        if create and parsed.get_backend_name() == "sqlite" and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        if create and schema is not None:
-            admin = make_engine(url)
-            try:
-                with admin.begin() as conn:
-                    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            finally:
-                admin.dispose()
-        # every transaction can be redone from Kafka: NORMAL sync is enough (make_engine)
-        engine = make_engine(url, schema=schema, sqlite_sync="NORMAL")
-        return Replica(engine, node, create=create)
-    except MotcuaError:
-        if engine is not None:
-            engine.dispose()
-        raise
-    except (ArgumentError, SQLAlchemyError, OSError) as exc:
-        if engine is not None:
-            engine.dispose()
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        try:
-            shown = make_url(url).render_as_string(hide_password=True)
-        except ArgumentError:
-            shown = "(an unreadable URL)"
-        raise MotcuaError(f"{node}'s replica at {shown}: {reason}") from None
-
-
-def replica_exists(settings: Settings, node: str, db: str | None = None) -> bool:
-    """False when ``node``'s SQLite replica file is not there (PostgreSQL: assumed)."""
-    url, _ = replica_location(settings, node, db)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return bool(parsed.database) and Path(str(parsed.database)).exists()
-    return True
 
 
 def _node(text_: str) -> str:

@@ -13,37 +13,19 @@ from datetime import date
 
 from sqlalchemy import Engine
 
-from infra.nodes import get_node, node_ids
+from infra.cli.args import parse_date
+from infra.cli.bootstrap import keyring, provision, start_relay
+from infra.nodes import get_node
+from infra.process import StopSignals
 from infra.settings import Settings
-from infra.up import StopSignals, provision
 from producers import store
 from producers.migrate import open_store
 from producers.plan import plan
-from producers.relay import Relay
 from producers.service import DossierService
 from producers.simulator import Simulator
 from schemas.errors import MotcuaError
-from schemas.keys import REGISTRY_FILE, Keyring, init_keystore
 
 Say = Callable[[str], None]
-
-
-def keyring(settings: Settings, say: Say) -> Keyring:
-    if not (settings.keys_path / REGISTRY_FILE).exists():
-        created, _ = init_keystore(settings.keys_path, node_ids())
-        say(f"keys: {created} node key pairs created in {settings.keys_path}")
-    return Keyring(settings.keys_path)
-
-
-def start_relay(settings: Settings, engine: Engine, bootstrap: str,
-                nodes: list[str] | None = None, **kwargs: float | str
-                ) -> tuple[Relay, threading.Event, threading.Thread]:
-    relay = Relay(engine, settings.kafka_config(bootstrap), nodes=nodes,
-                  topic_prefix=settings.topic_prefix, **kwargs)  # type: ignore[arg-type]
-    stop = threading.Event()
-    thread = threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True)
-    thread.start()
-    return relay, stop, thread
 
 
 def drain(engine: Engine, timeout: float) -> int:
@@ -54,13 +36,6 @@ def drain(engine: Engine, timeout: float) -> int:
         time.sleep(0.1)
         left = store.count_unpublished(engine)
     return left
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def parse_speed(text: str) -> float | None:
@@ -163,8 +138,8 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                 say: Say) -> None:
     p = sub.add_parser("simulate", help="drive all 106 nodes with the calibrated workload")
-    p.add_argument("--from", dest="start", type=_date, default=date(2025, 7, 1))
-    p.add_argument("--to", dest="end", type=_date, default=date(2025, 7, 30))
+    p.add_argument("--from", dest="start", type=parse_date, default=date(2025, 7, 1))
+    p.add_argument("--to", dest="end", type=parse_date, default=date(2025, 7, 30))
     p.add_argument("--speed", type=parse_speed, default=None, help="N (x real time) or max")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=float, default=1.0)

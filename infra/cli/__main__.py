@@ -1,0 +1,5 @@
+import sys
+
+from infra.cli.main import main
+
+sys.exit(main())
