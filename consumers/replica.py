@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -65,7 +66,7 @@ from schemas.codec import decode, encode
 from schemas.counters import fold_call, is_call_event
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent, DossierReceived
-from schemas.fold import DossierState, apply, event_key, fold, in_fold_order
+from schemas.fold import DossierState, advance, apply, fold, in_fold_order
 
 metadata = MetaData()
 T = TypeVar("T")
@@ -326,22 +327,22 @@ class Replica:
         for dossier_id in ids:
             arrived = in_fold_order(by_dossier[dossier_id])
             state = current.get(dossier_id)
-            if state is None:
-                if self.is_site:  # a site has a row for every dossier it holds events of
-                    states[dossier_id] = fold(arrived, dossier_id)  # type: ignore[assignment]
-                elif any(self._concerns_me(e) for e in arrived):
+            if state is None and not self.is_site:
+                if any(self._concerns_me(e) for e in arrived):
                     refold.append(dossier_id)  # its earlier events may be held already
                 continue
-            if state.last_key is not None and event_key(arrived[0]) > state.last_key:
-                for e in arrived:
-                    state = apply(state, e)
-                states[dossier_id] = state
-            else:  # a late event sorts inside the history
+            # a site has a row for every dossier it holds events of: no row, no history;
+            # a history to fold again is read below, for all such dossiers at once
+            advanced = advance(state, arrived, apply,
+                               partial(_first_fold, state, arrived, dossier_id))
+            if advanced is None:
                 refold.append(dossier_id)
+            else:
+                states[dossier_id] = advanced
         for dossier_id, held in _held_events(conn, refold).items():
-            state = fold([e for e in held if not is_call_event(e)], dossier_id)
-            if state is not None:
-                states[dossier_id] = state
+            folded = fold([e for e in held if not is_call_event(e)], dossier_id)
+            if folded is not None:
+                states[dossier_id] = folded
         if not states:
             return
         gone = sorted(states)
@@ -502,3 +503,10 @@ def _held_events(conn: Connection, ids: Iterable[str]) -> dict[str, list[AnyEven
         for dossier_id, body in conn.execute(_BODIES, {"ids": chunk}):
             out[dossier_id].append(decode(bytes(body)))
     return out
+
+
+def _first_fold(state: DossierState | None, arrived: list[AnyEvent], dossier_id: str
+                ) -> DossierState | None:
+    """``advance``'s whole fold inside one batch: only a dossier seen for the first time has
+    its whole set at hand; None asks for the held history (``_held_events``)."""
+    return fold(arrived, dossier_id) if state is None else None

@@ -26,7 +26,8 @@ from infra.db import insert_for, reader
 from infra.node_tables import dossiers, node_heads, outbox, state_from_row, state_to_row
 from schemas.codec import decode, encode
 from schemas.events import GENESIS_HASH, AnyEvent
-from schemas.fold import DossierState, apply, event_key, fold
+from schemas.fold import DossierState, apply, fold
+from schemas.fold import advance as advance_state
 from schemas.topics import DOSSIER_EVENTS
 
 # Statements are built once with bind parameters: building them per call (``.values(...)``
@@ -112,12 +113,8 @@ def load_dossier(conn: Connection, dossier_id: str, lock: bool = False) -> Dossi
 
 def advance(conn: Connection, state: DossierState | None, event: AnyEvent) -> DossierState:
     """The dossier's state once ``event`` (already appended) is part of its set."""
-    if state is None:
-        new = fold([event])
-    elif state.last_key is None or event_key(event) > state.last_key:
-        new = apply(state, event)
-    else:  # sorts before what we have (clock skew, a late arrival): fold the whole set again
-        new = fold(events_of(conn, event.dossier_id))
+    new = advance_state(state, [event], apply,
+                  lambda: fold([event] if state is None else events_of(conn, event.dossier_id)))
     assert new is not None
     return new
 

@@ -11,10 +11,10 @@ the sync consumers and the audit replay all call it, which is why they agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from schemas.enums import HANDLED, Channel, DossierStatus, Timeliness
 from schemas.events import (
@@ -117,6 +117,31 @@ def fold_with(events: Iterable[AnyEvent], start: Callable[[str], S],
     for event in ordered:
         state = step(state, event)
     return state
+
+
+class Folded(Protocol):
+    """A subject's folded state: it knows the key of the latest event folded into it."""
+
+    @property
+    def last_key(self) -> EventKey | None: ...
+
+
+F = TypeVar("F", bound=Folded)
+
+
+def advance(state: F | None, arrived: Sequence[AnyEvent], step: Callable[[F, AnyEvent], F],
+            whole: Callable[[], F | None]) -> F | None:
+    """The one apply-or-refold rule, for every reader that keeps folded state (node stores,
+    the stream worker, replicas): the state once ``arrived`` (new, distinct events of one
+    subject, in fold order) join it. If they all sort after the latest event folded,
+    ``step`` applies them in order; otherwise (a first event, or a late one that sorts
+    inside the history) ``whole()`` folds the subject's complete set again."""
+    if state is not None and state.last_key is not None and arrived \
+            and event_key(arrived[0]) > state.last_key:
+        for event in arrived:
+            state = step(state, event)
+        return state
+    return whole()
 
 
 def in_fold_order(events: Iterable[AnyEvent]) -> list[AnyEvent]:

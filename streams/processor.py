@@ -36,7 +36,7 @@ from schemas.counters import (
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
-from schemas.fold import DossierState, apply, event_key
+from schemas.fold import DossierState, advance, apply
 from schemas.integrity import KeyRegistry, check_signature, checked_event
 from streams import tables as t
 
@@ -143,6 +143,10 @@ class Batch:
     touched: dict[tuple[str, str], _Subject] = field(default_factory=dict)
     deltas: dict[TP, dict[CounterKey, int]] = field(default_factory=dict)
     links: list[tuple[str, int, str, str, str]] = field(default_factory=list)  # chain rows
+
+
+def _step(state: DossierState | CallState, event: AnyEvent) -> DossierState | CallState:
+    return apply(state, event) if isinstance(state, DossierState) else apply_call(state, event)
 
 
 class Processor:
@@ -385,15 +389,16 @@ class Processor:
         known_id = any(i == event.event_id for i, _ in subject.ids) if subject.ids else False
         subject.ids.add(ident)
         subject.raws.append(raw)
-        state = subject.state
-        last = state.last_key if state is not None else None
-        if state is not None and last is not None and event_key(event) > last and not known_id:
-            subject.state = (apply(state, event) if isinstance(state, DossierState)
-                             else apply_call(state, event))
-        elif state is None:
-            subject.state = fold_subject([event], kind == CALLS)
-        else:  # sorts before the latest event, ties with it, or reuses an id: re-fold all
-            subject.state = fold_subject([decode(r) for r in subject.raws], kind == CALLS)
+        calls = kind == CALLS
+
+        def whole() -> DossierState | CallState | None:
+            return fold_subject([decode(r) for r in subject.raws] if subject.raws[:-1]
+                                else [event], calls)
+        if known_id:  # an id reused by other content: only the whole set decides (fold)
+            subject.state = whole()
+        else:
+            # mypy cannot solve the TypeVar for a union of two states
+            subject.state = advance(subject.state, [event], _step, whole)  # type: ignore[arg-type, assignment]
         return True
 
     def _trim(self) -> None:

@@ -33,7 +33,7 @@ ALLOWED = {
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
-    out = []
+    out: list[tuple[int, str]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out.extend((node.lineno, alias.name) for alias in node.names)
@@ -43,7 +43,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
 
 
 def sources() -> list[tuple[str, Path]]:
-    found = []
+    found: list[tuple[str, Path]] = []
     for top in ("schemas", "infra", *SERVICES):
         for path in sorted((ROOT / top).rglob("*.py")):
             rel = path.relative_to(ROOT).with_suffix("")
