@@ -89,10 +89,12 @@ def _upserts(mark: str) -> dict[str, str]:
     return {name: sql.replace("?", mark) for name, sql in _UPSERTS.items()}
 
 
-def _open_store(engine: Engine) -> bool:
+def open_store(engine: Engine) -> bool:
     """Create the tables; empty them if the store was built by other counter rules (then
-    every partition refolds from offset 0). True if it was emptied. Two workers opening a
-    new PostgreSQL store at once race on CREATE and on the marker row: the loser retries."""
+    every partition refolds from offset 0). True if it was emptied. Only the worker calls
+    this, at start (a ``Processor`` never creates or empties a store: a view built to read
+    one cannot wipe it). Two workers opening a new PostgreSQL store at once race on CREATE
+    and on the marker row: the loser retries."""
     for attempt in range(5):
         try:
             return _open_store_once(engine)
@@ -153,7 +155,8 @@ class Processor:
     def __init__(self, engine: Engine, topics: Mapping[str, str], registry: KeyRegistry | None,
                  *, worker: str, stage: str = "streams", cache_size: int = 100_000) -> None:
         """``topics`` maps each source topic to the kind of subject it carries (DOSSIERS or
-        CALLS). ``registry`` None turns signature verification off (benchmarks only)."""
+        CALLS). ``registry`` None turns signature verification off (benchmarks only). The
+        store must have been opened (``open_store``)."""
         self.engine = engine
         self.kinds = dict(topics)
         self.topic_of = {kind: topic for topic, kind in self.kinds.items()}
@@ -164,7 +167,6 @@ class Processor:
         self._cache: OrderedDict[tuple[str, str], _Subject] = OrderedDict()
         self._verifier = ThreadPoolExecutor(1, thread_name_prefix="verify")
         self._pos: dict[TP, int] = {}
-        self.refolded = _open_store(engine)
         self._insert = insert_for(engine.dialect.name)
         self._sql = _upserts("%s" if engine.dialect.name == "postgresql" else "?")
 

@@ -33,7 +33,15 @@ from infra.db import make_engine
 from schemas.keys import load_registry
 from schemas.snapshot import Snapshot
 from schemas.topics import COUNTERS, DEAD_LETTERS, DOSSIER_EVENTS, HOTLINE_EVENTS
-from streams.processor import CALLS, DOSSIERS, TP, PositionConflict, Processor, Record
+from streams.processor import (
+    CALLS,
+    DOSSIERS,
+    TP,
+    PositionConflict,
+    Processor,
+    Record,
+    open_store,
+)
 
 log = logging.getLogger("motcua.streams")
 
@@ -67,11 +75,13 @@ class StreamWorker:
         prefix = self.prefix = config.prefix
         self.source = {prefix + DOSSIER_EVENTS: DOSSIERS, prefix + HOTLINE_EVENTS: CALLS}
         registry = load_registry(config.keys_path) if config.keys_path else None
-        self.processor = Processor(make_engine(config.store_url, sqlite_sync="NORMAL"),
+        engine = make_engine(config.store_url, sqlite_sync="NORMAL")
+        refolded = open_store(engine)
+        self.processor = Processor(engine,
                                    self.source,
                                    registry, worker=self.worker_id,
                                    cache_size=config.cache)
-        if self.processor.refolded:
+        if refolded:
             log.warning("the store was built by other counter rules: emptied, refolding "
                         "every partition from offset 0")
         self.batch_size = config.batch

@@ -33,6 +33,7 @@ from schemas.events import GENESIS_HASH, DossierReceived
 from schemas.integrity import seal
 from schemas.keys import Keyring, init_keystore, load_registry
 from schemas.topics import DOSSIER_EVENTS, topic_specs
+from streams import tables
 from streams.processor import Processor
 from tests.integration.test_broker import MOTCUA, cli_env
 
@@ -142,8 +143,11 @@ class WorkerProcess(CliProcess):
 
 
 def store_view(store_url: str, keys: Path, prefix: str) -> Processor:
-    """A processor over the worker's store, for reading it (never for processing)."""
-    return Processor(make_engine(store_url), {prefix + DOSSIER_EVENTS: "dossier"},
+    """A processor over the worker's store, for reading it (never for processing). The
+    tables are made if the worker has not made them yet (empty: the reads see nothing)."""
+    engine = make_engine(store_url)
+    tables.metadata.create_all(engine)
+    return Processor(engine, {prefix + DOSSIER_EVENTS: "dossier"},
                      load_registry(keys), worker="test-reader")
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from infra.db import make_engine
 from schemas.codec import decode
 from schemas.counters import recount
-from streams.processor import CALLS, DOSSIERS, Processor, Record
+from streams.processor import CALLS, DOSSIERS, Processor, Record, open_store
 from tests.streams_support import simulate
 
 TOPICS = {"dossier-events": DOSSIERS, "hotline-events": CALLS}
@@ -58,6 +58,7 @@ def test_any_interleaving_duplication_and_batching_gives_the_recount(
     cache = data.draw(st.sampled_from([1000, 1_000_000]), label="subject cache")
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite:///{Path(tmp) / 'store.db'}")
+        open_store(engine)
         proc = Processor(engine, TOPICS, None, worker="test", cache_size=cache)
         at, turn = 0, 0
         while at < len(records):
@@ -72,3 +73,21 @@ def test_any_interleaving_duplication_and_batching_gives_the_recount(
         engine.dispose()
     distinct = {value: None for _, _, value in picked}
     assert got == recount([decode(v) for v in distinct])
+
+
+def test_only_open_store_empties_a_store_built_by_other_rules(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from streams import tables as t
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    assert open_store(engine) is False  # new: nothing to empty
+    Processor(engine, TOPICS, None, worker="w").load_positions([("dossier-events", 0)])
+    with engine.begin() as conn:
+        conn.execute(update(t.meta).values(value="0"))  # built by other counter rules
+    view = Processor(engine, TOPICS, None, worker="reader")  # a view never empties it
+    assert view.positions() == {("dossier-events", 0): (0, 0)}
+    assert open_store(engine) is True  # the worker's start does, and says so
+    assert view.positions() == {}
+    assert open_store(engine) is False
+    engine.dispose()
