@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Engine, bindparam, delete, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,9 +45,27 @@ from streams import tables as t
 #: the verifier starts while the batch is still being decoded.
 SIGNATURE_CHUNK = 128
 
+T = TypeVar("T")
+
 DOSSIERS = "dossier"
 CALLS = "call"
 TP = tuple[str, int]
+
+
+class Source(Protocol):
+    """A source record as the processor reads it: aiokafka's ConsumerRecord as it comes
+    (no copy per record), or a ``Record``."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -65,9 +84,22 @@ _MOVE = (update(t.positions)
          .values(next_offset=bindparam("end"), worker=bindparam("w"),
                  dead_letters=t.positions.c.dead_letters + bindparam("dead")))
 
-_CHAIN_SPAN = (select(t.chain.c.origin_seq, t.chain.c.hash, t.chain.c.prev_hash)
-               .where(t.chain.c.origin == bindparam("o"),
-                      t.chain.c.origin_seq.between(bindparam("lo"), bindparam("hi"))))
+#: Bound parameters per statement: far under SQLite's 32,766 and PostgreSQL's 65,535.
+_MAX_PARAMS = 2000
+
+
+def _param_chunks(items: Sequence[T], cost: Callable[[T], int]) -> list[list[T]]:
+    """``items`` in runs whose ``cost`` (bound parameters) stays within _MAX_PARAMS."""
+    runs: list[list[T]] = [[]]
+    used = 0
+    for item in items:
+        if runs[-1] and used + cost(item) > _MAX_PARAMS:
+            runs.append([])
+            used = 0
+        runs[-1].append(item)
+        used += cost(item)
+    return runs if runs[0] else []
+
 
 _UPSERTS = {
     "subjects": "INSERT INTO stream_subjects (topic, subject_id, partition, events) "
@@ -165,10 +197,11 @@ class Processor:
         self.stage = stage
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], _Subject] = OrderedDict()
-        self._verifier = ThreadPoolExecutor(1, thread_name_prefix="verify")
+        self._verifier = ThreadPoolExecutor(2, thread_name_prefix="verify")
         self._pos: dict[TP, int] = {}
         self._insert = insert_for(engine.dialect.name)
-        self._sql = _upserts("%s" if engine.dialect.name == "postgresql" else "?")
+        self._mark = "%s" if engine.dialect.name == "postgresql" else "?"
+        self._sql = _upserts(self._mark)
 
     # --- positions -----------------------------------------------------------------------
 
@@ -212,13 +245,13 @@ class Processor:
 
     # --- phase 1: in memory --------------------------------------------------------------
 
-    def prepare(self, records: Sequence[Record]) -> Batch:
+    def prepare(self, records: Sequence[Source]) -> Batch:
         batch = Batch()
         new_tps = {(r.topic, r.partition) for r in records} - self._pos.keys()
         self.load_positions(new_tps)
-        accepted: list[tuple[Record, AnyEvent]] = []
-        chunk: list[tuple[Record, AnyEvent]] = []
-        signing: list[tuple[list[tuple[Record, AnyEvent]], Future[list[MotcuaError | None]]]] = []
+        accepted: list[tuple[Source, AnyEvent]] = []
+        chunk: list[tuple[Source, AnyEvent]] = []
+        signing: list[tuple[list[tuple[Source, AnyEvent]], Future[list[MotcuaError | None]]]] = []
         ahead: dict[TP, int] = {}  # the furthest record skipped for being past the position
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -276,7 +309,7 @@ class Processor:
         self._trim()
         return batch
 
-    def _check(self, rec: Record, batch: Batch) -> AnyEvent | None:
+    def _check(self, rec: Source, batch: Batch) -> AnyEvent | None:
         """The event in a record, or None after adding a dead letter that says why not.
         Everything but the signature, which ``_signatures`` checks on another thread."""
         try:
@@ -288,11 +321,11 @@ class Processor:
             batch.dead.append(self._dead(rec, exc))
             return None
 
-    def _dead(self, rec: Record, exc: MotcuaError) -> DeadLetter:
+    def _dead(self, rec: Source, exc: MotcuaError) -> DeadLetter:
         return DeadLetter.of(exc, source_topic=rec.topic, partition=rec.partition,
                              offset=rec.offset, key=rec.key, value=rec.value, stage=self.stage)
 
-    def _signatures(self, part: list[tuple[Record, AnyEvent]]
+    def _signatures(self, part: list[tuple[Source, AnyEvent]]
                     ) -> Future[list[MotcuaError | None]]:
         """Check the signatures of ``part`` on the verifier thread. libsodium releases the
         GIL, so on a second core this runs beside the decoding of the next chunk: verify
@@ -311,8 +344,8 @@ class Processor:
             return out
         return self._verifier.submit(check)
 
-    def _chained(self, accepted: list[tuple[Record, AnyEvent]], batch: Batch
-                 ) -> list[tuple[Record, AnyEvent]]:
+    def _chained(self, accepted: list[tuple[Source, AnyEvent]], batch: Batch
+                 ) -> list[tuple[Source, AnyEvent]]:
         """The events that take their place in their origin's chain (``schemas.chain``),
         judged against the store and each other in (origin, seq) order as sync judges them;
         forks and broken links become dead letters, redeliveries are dropped."""
@@ -334,23 +367,30 @@ class Processor:
         return [(r, e) for r, e in accepted if (r.topic, r.partition, r.offset) not in refused]
 
     def _held(self, events: list[AnyEvent]) -> tuple[dict[Place, Link], set[str]]:
-        """The store's chain around ``events``: one range read per origin, and which of
-        their event ids it holds."""
-        spans: dict[str, tuple[int, int]] = {}
+        """The store's chain around ``events`` (each one's place and its neighbours'), and
+        which of their event ids it holds: a few statements per batch, not one per origin
+        (a statement costs more than the rows it reads here)."""
+        seqs: dict[str, set[int]] = defaultdict(set)
         for e in events:
-            lo, hi = spans.get(e.origin, (e.origin_seq, e.origin_seq))
-            spans[e.origin] = (min(lo, e.origin_seq), max(hi, e.origin_seq))
+            seqs[e.origin].update((e.origin_seq - 1, e.origin_seq, e.origin_seq + 1))
         held: dict[Place, Link] = {}
         ids: set[str] = set()
-        c = t.chain.c
+        mark = self._mark
         with self.engine.connect() as conn:
-            for origin, (lo, hi) in spans.items():
-                for row in conn.execute(_CHAIN_SPAN, {"o": origin, "lo": lo - 1, "hi": hi + 1}):
-                    held[(origin, row.origin_seq)] = Link(row.hash, row.prev_hash)
+            for part in _param_chunks(sorted(seqs.items()), lambda kv: 1 + len(kv[1])):
+                where = " OR ".join(f"(origin = {mark} AND origin_seq IN "
+                                    f"({', '.join([mark] * len(q))}))" for _, q in part)
+                params = tuple(x for origin, q in part for x in (origin, *sorted(q)))
+                for origin, seq, digest, prev in conn.exec_driver_sql(
+                        "SELECT origin, origin_seq, hash, prev_hash FROM stream_chain "  # noqa: S608 - placeholders only
+                        f"WHERE {where}", params):
+                    held[(origin, int(seq))] = Link(digest, prev)
             wanted = sorted({e.event_id for e in events})
-            for i in range(0, len(wanted), 500):
-                ids.update(conn.execute(select(c.event_id).where(
-                    c.event_id.in_(wanted[i:i + 500]))).scalars())
+            for i in range(0, len(wanted), _MAX_PARAMS):
+                chunk = tuple(wanted[i:i + _MAX_PARAMS])
+                ids.update(r[0] for r in conn.exec_driver_sql(
+                    "SELECT event_id FROM stream_chain WHERE event_id IN "  # noqa: S608 - placeholders only
+                    f"({', '.join([mark] * len(chunk))})", chunk))
         return held, ids
 
     def _load_subjects(self, wanted: Mapping[tuple[str, str], int]) -> None:

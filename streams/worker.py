@@ -39,7 +39,7 @@ from streams.processor import (
     TP,
     PositionConflict,
     Processor,
-    Record,
+    Source,
     open_store,
 )
 
@@ -162,8 +162,7 @@ class StreamWorker:
         try:
             while True:
                 fetched = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
-                records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value)
-                           for tp, messages in fetched.items() for m in messages]
+                records = [m for messages in fetched.values() for m in messages]
                 if records:
                     await self.handle(records)
                     await self._commit_offsets()
@@ -186,7 +185,7 @@ class StreamWorker:
         except Exception as exc:  # noqa: BLE001 - a rebalance in progress: next second
             log.info("offsets not committed: %r", exc)
 
-    async def handle(self, records: list[Record]) -> None:
+    async def handle(self, records: list[Source]) -> None:
         async with self._lock:
             # a batch can still hold records of a partition revoked meanwhile: its new owner
             # takes them; committing them here would only make it conflict
@@ -207,7 +206,7 @@ class StreamWorker:
                 self.processor.forget(tps)
                 await asyncio.sleep(1.0)
 
-    async def _handle(self, records: list[Record]) -> None:
+    async def _handle(self, records: list[Source]) -> None:
         batch = self.processor.prepare(records)
         if batch.dead:
             # acknowledged BEFORE the positions move past them: a crash in between
