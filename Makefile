@@ -29,6 +29,7 @@ lint: install
 
 bench: install  ## benchmarks; results go in docs/benchmarks.md by hand, with the command
 	$(BIN)/python -m bench.codec
+	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.streams_latency
 	$(BIN)/python -m bench.sync_apply
