@@ -253,3 +253,10 @@ def pg_fresh(pg_admin: Engine, settings: Settings) -> Iterator[Engine]:
     """PostgreSQL in a fresh schema for one test."""
     with _pg_schema(pg_admin, settings.test_pg_url) as engine:
         yield engine
+
+
+def unique_prefix(kind: str) -> str:
+    """A topic prefix no other test and no earlier run has used: against a long-lived
+    cluster (MOTCUA_KAFKA_BOOTSTRAP), a prefix derived from the test's name would read the
+    records an earlier run left (issue 15, item 7)."""
+    return f"{kind}{uuid.uuid4().hex[:10]}."

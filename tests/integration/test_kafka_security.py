@@ -38,7 +38,7 @@ from producers.store import count_unpublished
 from schemas.snapshot import totals
 from schemas.topics import COUNTERS
 from streams.reader import read_snapshots
-from tests.conftest import broker_kinds, kafka_lib
+from tests.conftest import broker_kinds, kafka_lib, unique_prefix
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import CliProcess, WorkerProcess, Workload, simulate, store_view
 from tests.sync_support import SyncProcess, node_calls, node_rows, wait_applied
@@ -174,7 +174,7 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
 
 
 def prefix_for(tmp_path: Path) -> str:
-    return f"sec{tmp_path.name[-8:].replace('_', '')}."
+    return unique_prefix("sec")
 
 
 def outbox_ends(store: str, prefix: str) -> dict[tuple[str, int], int]:

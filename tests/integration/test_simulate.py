@@ -16,7 +16,7 @@ from infra.node_tables import dossiers
 from schemas.codec import decode
 from schemas.events import DossierReceived
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS
-from tests.conftest import Broker
+from tests.conftest import Broker, unique_prefix
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.integration.test_relay import read_all
 
@@ -34,7 +34,7 @@ def simulate(tmp: Path, *args: str, **env: str) -> dict[str, Any]:
 
 def test_summary_matches_the_topic_and_the_store(tmp_path: Path, broker: Broker,
                                                  kafka_config: dict[str, Any]) -> None:
-    prefix = f"s{tmp_path.name[-6:]}."
+    prefix = unique_prefix("s")
     summary = simulate(tmp_path, "--scale", "0.05", MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap,
                        MOTCUA_TOPIC_PREFIX=prefix)
     received = summary["received"]

@@ -13,7 +13,7 @@ import pytest
 from schemas.snapshot import totals
 from schemas.topics import COUNTERS
 from streams.reader import read_snapshots
-from tests.conftest import Broker
+from tests.conftest import Broker, unique_prefix
 from tests.streams_support import (
     WorkerProcess,
     Workload,
@@ -34,8 +34,8 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
 
 
 @pytest.fixture
-def prefix(tmp_path: Path) -> str:
-    return f"st{tmp_path.name[-8:].replace('_', '')}."
+def prefix() -> str:
+    return unique_prefix("st")
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from schemas.fold import fold
 from schemas.keys import Keyring, init_keystore
 from schemas.topics import DEAD_LETTERS
 from streams.reader import read_to_end
-from tests.conftest import Broker
+from tests.conftest import Broker, unique_prefix
 from tests.factories import Chain
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import (
@@ -69,8 +69,8 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Workload:
 
 
 @pytest.fixture
-def prefix(tmp_path: Path) -> str:
-    return f"sy{tmp_path.name[-8:].replace('_', '')}."
+def prefix() -> str:
+    return unique_prefix("sy")
 
 
 def test_both_sites_and_a_commune_converge_row_for_row_after_a_day(
