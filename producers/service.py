@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -30,18 +29,12 @@ from producers.errors import (
     InvalidRequest,
 )
 from schemas.codec import schema_error
-from schemas.enums import Channel, DossierStatus, HotlineCategory
+from schemas.enums import Channel, HotlineCategory
 from schemas.events import (
     LOCAL_TZ,
     AnyEvent,
     DossierDeadlineExtended,
     DossierReceived,
-    DossierRefused,
-    DossierResolved,
-    DossierReturned,
-    DossierStatusChanged,
-    DossierSupplementRequested,
-    DossierWithdrawn,
     Event,
     HotlineCallClosed,
     HotlineCallClosedData,
@@ -50,39 +43,8 @@ from schemas.events import (
 )
 from schemas.fold import DossierState
 from schemas.integrity import seal
+from schemas.moves import MOVES, decide
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS
-
-S = DossierStatus
-OPEN = frozenset({S.ACCEPTED, S.IN_PROGRESS, S.SUPPLEMENT_REQUESTED, S.AWAITING_FEES})
-
-
-@dataclass(frozen=True)
-class Move:
-    """A service operation on an existing dossier: where it may start, what it emits."""
-
-    verb: str
-    allowed_from: frozenset[DossierStatus]
-    event: type[Event]  # type: ignore[type-arg]
-    to_status: DossierStatus | None = None  # for dossier.status_changed
-
-
-MOVES = {m.verb: m for m in (
-    Move("accept", frozenset({S.SUBMITTED_ONLINE}), DossierStatusChanged, S.ACCEPTED),
-    Move("refuse", frozenset({S.SUBMITTED_ONLINE, S.ACCEPTED}), DossierRefused),
-    Move("start processing", frozenset({S.ACCEPTED}), DossierStatusChanged, S.IN_PROGRESS),
-    Move("request a supplement", frozenset({S.ACCEPTED, S.IN_PROGRESS}),
-         DossierSupplementRequested),
-    Move("resume after the supplement", frozenset({S.SUPPLEMENT_REQUESTED}),
-         DossierStatusChanged, S.IN_PROGRESS),
-    Move("await fees", frozenset({S.IN_PROGRESS}), DossierStatusChanged, S.AWAITING_FEES),
-    Move("resume after fees", frozenset({S.AWAITING_FEES}), DossierStatusChanged,
-         S.IN_PROGRESS),
-    Move("stop", OPEN, DossierStatusChanged, S.STOPPED),
-    Move("extend the deadline", OPEN, DossierDeadlineExtended),
-    Move("resolve", frozenset({S.IN_PROGRESS}), DossierResolved),
-    Move("return the result", frozenset({S.RESULT_READY}), DossierReturned),
-    Move("withdraw", frozenset({S.SUBMITTED_ONLINE} | OPEN), DossierWithdrawn),
-)}
 
 Clock = Callable[[], datetime]
 
@@ -230,13 +192,10 @@ class DossierService:
         def build(state: DossierState | None, seq: int, when: datetime) -> tuple[Any, Any]:
             if state is None:
                 raise DossierNotFound(f"no dossier {dossier_id} in this store; cannot {verb}")
-            if state.status not in rule.allowed_from:
-                raise DossierTransitionError(_refusal(state, verb, rule))
+            refused = decide(state, verb)
+            if refused is not None:
+                raise DossierTransitionError(refused)
             if rule.event is DossierDeadlineExtended:
-                if state.extensions >= 1:
-                    raise DossierTransitionError(
-                        f"dossier {dossier_id}: the deadline was already extended once (to "
-                        f"{state.due_date}); a second extension is not allowed")
                 payload["previous_due_date"] = state.due_date
             if rule.to_status is not None:
                 payload.update(from_status=state.status, to_status=rule.to_status,
@@ -361,10 +320,3 @@ def _category(event: AnyEvent) -> str:
 def _default_id(node: str, when: datetime, seq: int) -> str:
     """``<node>.<yymmdd>.<seq>``: unique because origin_seq is unique per node."""
     return f"{node}.{when.astimezone(LOCAL_TZ):%y%m%d}.{seq:07d}"
-
-
-def _refusal(state: DossierState, verb: str, rule: Move) -> str:
-    now = state.status
-    allowed = ", ".join(f"{int(s)} {s.label_vi}" for s in sorted(rule.allowed_from))
-    here = "no status" if now is None else f"status {int(now)} ({now.label_vi})"
-    return f"dossier {state.dossier_id} is in {here}; cannot {verb} (allowed from: {allowed})"

@@ -22,9 +22,9 @@ from producers.plan import (
     hotline_plan,
     plan,
 )
-from producers.service import MOVES
 from schemas.enums import DossierStatus as S
 from schemas.events import LOCAL_TZ
+from schemas.moves import MOVES
 
 
 def test_july_at_scale_one_is_exactly_the_published_figures() -> None:
