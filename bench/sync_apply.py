@@ -32,8 +32,8 @@ from consumers.replica import Replica, dossiers, events, metadata, positions
 from infra.db import insert_for, make_engine
 from infra.node_tables import state_from_row, state_to_row
 from infra.settings import load_settings
+from schemas.calls import is_call_event
 from schemas.codec import decode, encode
-from schemas.counters import is_call_event
 from schemas.events import AnyEvent
 from schemas.fold import apply, event_key, fold
 from tests.conftest import _pg_schema

@@ -61,9 +61,9 @@ from infra.node_tables import NODE, UtcDateTime, state_from_row, state_to_row
 from infra.node_tables import dossiers as node_dossiers
 from infra.node_tables import hotline_calls as node_calls
 from infra.nodes import get_node
+from schemas.calls import fold_call, is_call_event
 from schemas.chain import DUPLICATE, Link, Place, judge
 from schemas.codec import decode, encode
-from schemas.counters import fold_call, is_call_event
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent, DossierReceived
 from schemas.fold import DossierState, advance, apply, fold, in_fold_order

@@ -29,19 +29,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
-from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 
+from schemas.calls import CallState, fold_call, is_call_event
 from schemas.enums import PAUSED, DossierStatus, HotlineCategory, Timeliness
 from schemas.events import (
     LOCAL_TZ,
     AnyEvent,
-    HotlineCallClosed,
-    HotlineCallReceived,
 )
-from schemas.fold import DossierState, EventKey, event_key, fold, fold_with
+from schemas.fold import DossierState, fold
 
 CounterKey = tuple[str, str, str]  # (scope, period, measure)
 
@@ -170,37 +167,6 @@ def _open_intervals(state: DossierState) -> Iterator[tuple[str, datetime, dateti
 
 # --- hotline calls ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CallState:
-    call_id: str
-    site: str | None = None
-    received_at: datetime | None = None
-    category: HotlineCategory | None = None
-    closed_at: datetime | None = None
-    resolved: bool = False
-    last_key: EventKey | None = None
-
-
-def fold_call(events: Iterable[AnyEvent], call_id: str | None = None) -> CallState | None:
-    """A hotline call's state from any collection of its events (order and duplicates do not
-    matter; same tie-breaks as the dossier fold)."""
-    return fold_with(events, CallState, apply_call, call_id)
-
-
-def apply_call(state: CallState, event: AnyEvent) -> CallState:
-    """Apply an event that sorts after every event already in ``state``."""
-    if isinstance(event, HotlineCallReceived):
-        if state.received_at is not None:
-            return replace(state, last_key=event_key(event))
-        return replace(state, site=event.origin, received_at=event.occurred_at,
-                       category=state.category or event.data.category,
-                       last_key=event_key(event))
-    if isinstance(event, HotlineCallClosed):
-        return replace(state, category=event.data.category, closed_at=event.occurred_at,
-                       resolved=event.data.resolved, last_key=event_key(event))
-    return replace(state, last_key=event_key(event))  # not a call event: ignored
-
-
 def call_contribution(state: CallState | None) -> Contribution:
     out: Contribution = {}
     if state is None or state.received_at is None or state.site is None:
@@ -214,10 +180,6 @@ def call_contribution(state: CallState | None) -> Contribution:
         if state.resolved:
             _add(out, scopes, state.closed_at, "hotline.resolved")
     return out
-
-
-def is_call_event(event: AnyEvent) -> bool:
-    return event.type.startswith("hotline.")
 
 
 def fold_subject(events: Iterable[AnyEvent], calls: bool) -> DossierState | CallState | None:
@@ -253,83 +215,6 @@ def diff(old: Mapping[CounterKey, int], new: Mapping[CounterKey, int]) -> Contri
         if k not in new and v:
             out[k] = -v
     return out
-
-
-# --- reading figures for a range of days -------------------------------------------------
-
-def percent(numerator: int, denominator: int) -> Decimal | None:
-    """A percentage rounded half up to two decimals, as published (83.55)."""
-    if denominator <= 0:
-        return None
-    return (Decimal(100 * numerator) / Decimal(denominator)).quantize(
-        Decimal("0.01"), rounding=ROUND_HALF_UP)
-
-
-@dataclass(frozen=True)
-class Figures:
-    """The figures of one scope for local dates ``start``..``end``, both inclusive."""
-    scope: str
-    start: date
-    end: date
-    flows: dict[str, int]
-    stocks_at_end: dict[str, int]
-    backlog: int  # open (in progress + paused) at the end of the day before ``start``
-
-    @property
-    def received(self) -> int:
-        return self.flows[RECEIVED]
-
-    @property
-    def online_rate(self) -> Decimal | None:
-        return percent(self.flows["received.online"], self.received)
-
-    @property
-    def late_rate(self) -> Decimal | None:
-        """DESIGN.md: (late in progress + late handled) ÷ (received + backlog carried over)."""
-        late = (self.stocks_at_end["overdue.in_progress"] + self.stocks_at_end["overdue.paused"]
-                + self.flows["handled.late"])
-        return percent(late, self.received + self.backlog)
-
-    @property
-    def on_time_rate(self) -> Decimal | None:
-        late = self.late_rate
-        return None if late is None else Decimal(100) - late
-
-    def as_dict(self) -> dict[str, object]:
-        rate = {"online_rate": self.online_rate, "late_rate": self.late_rate,
-                "on_time_rate": self.on_time_rate}
-        return {
-            "scope": self.scope, "from": self.start.isoformat(), "to": self.end.isoformat(),
-            **self.flows,
-            "handled": sum(self.flows[m] for m in HANDLED_BY),
-            "in_progress": self.stocks_at_end["open.in_progress"],
-            "paused": self.stocks_at_end["open.paused"],
-            "overdue.in_progress": self.stocks_at_end["overdue.in_progress"],
-            "overdue.paused": self.stocks_at_end["overdue.paused"],
-            "backlog_carried_over": self.backlog,
-            **{k: None if v is None else str(v) for k, v in rate.items()},
-        }
-
-
-def figures(day_counters: Mapping[tuple[str, str], int], scope: str, start: date,
-            end: date) -> Figures:
-    """Figures from *day* counters of one scope, given as {(day 'YYYY-MM-DD', measure): n}."""
-    if end < start:
-        raise ValueError(f"--to {end} is before --from {start}")
-    lo, hi, before = start.isoformat(), end.isoformat(), (start - timedelta(days=1)).isoformat()
-    flows = dict.fromkeys(FLOWS, 0)
-    stocks = dict.fromkeys(STOCKS, 0)
-    backlog = 0
-    for (day, measure), value in day_counters.items():
-        if measure in flows:
-            if lo <= day <= hi:
-                flows[measure] += value
-        elif measure in stocks:
-            if day <= hi:
-                stocks[measure] += value
-            if day <= before and measure.startswith("open."):
-                backlog += value
-    return Figures(scope, start, end, flows, stocks, backlog)
 
 
 def is_day(period: str) -> bool:

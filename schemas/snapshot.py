@@ -17,7 +17,8 @@ from datetime import date
 
 import orjson
 
-from schemas.counters import CounterKey, Figures, figures, is_day
+from schemas.counters import CounterKey, is_day
+from schemas.figures import Figures, figures
 
 
 @dataclass(frozen=True)

@@ -21,18 +21,16 @@ from sqlalchemy import Engine, bindparam, delete, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from infra.db import insert_for
+from schemas.calls import CallState, apply_call, is_call_event
 from schemas.chain import DUPLICATE, Link, Place, judge
 from schemas.codec import decode
 from schemas.counters import (
     RULES_VERSION,
-    CallState,
     Contribution,
     CounterKey,
-    apply_call,
     contribution,
     diff,
     fold_subject,
-    is_call_event,
 )
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError

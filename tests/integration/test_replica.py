@@ -20,7 +20,7 @@ from consumers.replica import Replica
 from infra.db import make_engine
 from infra.node_tables import state_to_row
 from infra.settings import Settings
-from schemas.counters import fold_call, is_call_event
+from schemas.calls import fold_call, is_call_event
 from schemas.events import AnyEvent
 from schemas.fold import fold
 from tests.conftest import _pg_schema

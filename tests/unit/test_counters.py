@@ -9,13 +9,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.counters import (
-    dossier_contribution,
-    figures,
-    percent,
-    recount,
-)
+from schemas.counters import dossier_contribution, recount
 from schemas.events import AnyEvent
+from schemas.figures import figures, percent
 from schemas.fold import fold
 from tests.factories import T0, Chain
 
