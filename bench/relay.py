@@ -20,12 +20,12 @@ from sqlalchemy import Row, select
 
 from infra.broker import EmbeddedBroker
 from infra.node_tables import outbox
-from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
 from producers.migrate import open_store
 from producers.relay import Relay, producer_config
 from producers.service import DossierService
 from schemas.events import LOCAL_TZ
+from schemas.nodes import node_ids
 from schemas.topics import topic_specs
 
 T0 = datetime(2025, 7, 1, 8, 0, tzinfo=LOCAL_TZ)

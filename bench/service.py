@@ -20,11 +20,11 @@ from nacl.signing import SigningKey
 from sqlalchemy import Engine, text
 
 from infra.db import make_engine
-from infra.nodes import node_ids
 from infra.settings import load_settings
 from producers.migrate import migrate
 from producers.service import DossierService
 from schemas.events import LOCAL_TZ
+from schemas.nodes import node_ids
 
 DUE = datetime.now(LOCAL_TZ).date() + timedelta(days=3)
 NODES = node_ids()[:8]

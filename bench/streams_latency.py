@@ -28,10 +28,10 @@ from sqlalchemy import select
 from bench import receive_at_rate
 from infra.broker import EmbeddedBroker
 from infra.node_tables import outbox
-from infra.nodes import node_ids
 from producers.migrate import open_store
 from producers.service import DossierService
 from schemas.keys import Keyring, init_keystore
+from schemas.nodes import node_ids
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import WorkerProcess, provision
 

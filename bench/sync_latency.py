@@ -37,10 +37,10 @@ from consumers.replica import dossiers
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine, reader
 from infra.node_tables import outbox
-from infra.nodes import all_nodes, node_ids
 from producers.migrate import open_store
 from producers.service import DossierService
 from schemas.keys import Keyring, init_keystore
+from schemas.nodes import all_nodes, node_ids
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import provision
 from tests.sync_support import SyncProcess

@@ -60,13 +60,13 @@ from infra.db import insert_for, reader
 from infra.node_tables import NODE, UtcDateTime, state_from_row, state_to_row
 from infra.node_tables import dossiers as node_dossiers
 from infra.node_tables import hotline_calls as node_calls
-from infra.nodes import get_node
 from schemas.calls import fold_call, is_call_event
 from schemas.chain import DUPLICATE, Link, Place, judge
 from schemas.codec import decode, encode
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent, DossierReceived
 from schemas.fold import DossierState, advance, apply, fold, in_fold_order
+from schemas.nodes import get_node
 
 metadata = MetaData()
 T = TypeVar("T")

@@ -8,8 +8,8 @@ import random
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from infra.nodes import SITE_PHOHIEN, SITE_THAIBINH, Node
 from producers.calendar import add_business_days, add_office_hours, at, open_at_or_after
+from schemas.nodes import SITE_PHOHIEN, SITE_THAIBINH, Node
 
 # when, node, service method, dossier (or call) id, the method's other arguments
 Op = tuple[datetime, str, str, str, dict[str, Any]]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from fractions import Fraction
 
-from infra.nodes import Node, all_nodes
 from schemas.errors import MotcuaError
+from schemas.nodes import Node, all_nodes
 
 JULY_FROM, JULY_TO = date(2025, 7, 1), date(2025, 7, 30)
 JULY_RECEIVED, JULY_ONLINE = 201_034, 167_972

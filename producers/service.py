@@ -20,7 +20,6 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from infra.node_tables import hotline_calls
-from infra.nodes import get_node
 from producers import store
 from producers.errors import (
     DossierExists,
@@ -44,6 +43,7 @@ from schemas.events import (
 from schemas.fold import DossierState
 from schemas.integrity import seal
 from schemas.moves import MOVES, decide
+from schemas.nodes import get_node
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS
 
 Clock = Callable[[], datetime]

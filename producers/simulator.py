@@ -22,7 +22,6 @@ from typing import Any
 from sqlalchemy import func, select
 
 from infra.node_tables import dossiers
-from infra.nodes import SITES, all_nodes
 from producers.calendar import add_office_hours, at
 from producers.errors import ServiceError
 from producers.lifecycle import Op, lifecycle, receipt_time
@@ -31,6 +30,7 @@ from producers.service import DossierService
 from schemas.enums import HotlineCategory
 from schemas.errors import MotcuaError
 from schemas.events import LOCAL_TZ
+from schemas.nodes import SITES, all_nodes
 
 
 class SimulationError(MotcuaError):

@@ -20,7 +20,6 @@ from sqlalchemy import select
 
 from infra.db import make_engine
 from infra.node_tables import outbox
-from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
 from producers.lifecycle import receipt_time
 from producers.migrate import open_store
@@ -32,6 +31,7 @@ from schemas.counters import CounterKey, recount
 from schemas.events import GENESIS_HASH, DossierReceived
 from schemas.integrity import seal
 from schemas.keys import Keyring, init_keystore, load_registry
+from schemas.nodes import node_ids
 from schemas.topics import DOSSIER_EVENTS, topic_specs
 from streams import tables
 from streams.processor import Processor

@@ -15,12 +15,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from consumers.replica import Replica
 from infra.db import make_engine
-from infra.nodes import node_ids
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
 from producers.relay import Relay
 from schemas.errors import MotcuaError
 from schemas.keys import REGISTRY_FILE, Keyring, init_keystore
+from schemas.nodes import node_ids
 from schemas.topics import topic_specs
 
 if TYPE_CHECKING:  # faust is slow to import: streams.worker only for `motcua streams`

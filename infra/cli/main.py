@@ -20,7 +20,6 @@ from infra.cli import streams as streams_cli
 from infra.cli import sync as sync_cli
 from infra.cli.bootstrap import provision
 from infra.cli.up import UpOptions, run_up
-from infra.nodes import all_nodes, node_ids
 from infra.process import StopSignals
 from infra.settings import Settings, load_settings
 from infra.topics import admin_client, describe, kafka_reason
@@ -28,6 +27,7 @@ from schemas.check import check_lines, seq_gaps
 from schemas.errors import MotcuaError
 from schemas.jsonschema import JSON_DIR, export
 from schemas.keys import REGISTRY_FILE, init_keystore, load_registry
+from schemas.nodes import all_nodes, node_ids
 from schemas.topics import topic_specs
 
 

@@ -15,7 +15,6 @@ from sqlalchemy import Engine
 
 from infra.cli.args import parse_date
 from infra.cli.bootstrap import keyring, provision, start_relay
-from infra.nodes import get_node
 from infra.process import StopSignals
 from infra.settings import Settings
 from producers import store
@@ -24,6 +23,7 @@ from producers.plan import plan
 from producers.service import DossierService
 from producers.simulator import Simulator
 from schemas.errors import MotcuaError
+from schemas.nodes import get_node
 
 Say = Callable[[str], None]
 

@@ -10,13 +10,13 @@ from typing import Any
 
 from infra.cli.args import parse_date
 from infra.cli.bootstrap import provision, worker_config
-from infra.nodes import SITES, UnknownNode, get_node
 from infra.settings import Settings
 from schemas.counters import CHANNELS, PROVINCE
 from schemas.enums import HotlineCategory
 from schemas.errors import MotcuaError
 from schemas.events import LOCAL_TZ
 from schemas.figures import Figures
+from schemas.nodes import SITES, UnknownNode, get_node
 from schemas.topics import COUNTERS, DEAD_LETTERS
 
 Say = Callable[[str], None]

@@ -14,11 +14,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.sync import SOURCE_TOPICS, SyncConsumer, lag_of
 from infra.cli.bootstrap import open_replica, provision, replica_exists
-from infra.nodes import UnknownNode, get_node
 from infra.process import StopSignals
 from infra.settings import Settings
 from schemas.errors import MotcuaError
 from schemas.keys import load_registry
+from schemas.nodes import UnknownNode, get_node
 
 Say = Callable[[str], None]
 

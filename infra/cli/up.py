@@ -36,7 +36,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from infra.broker import EmbeddedBroker, die_with_parent
 from infra.cli.bootstrap import open_replica, provision, replica_exists
 from infra.kafka.cluster import KafkaCluster, lib_dir
-from infra.nodes import get_node, node_ids
 from infra.process import StopSignals
 from infra.settings import Settings
 from producers import store
@@ -46,6 +45,7 @@ from producers.service import DossierService
 from producers.simulator import Simulator
 from schemas.errors import MotcuaError
 from schemas.keys import Keyring, init_keystore
+from schemas.nodes import get_node, node_ids
 from streams.store import reset_store, stored_progress
 
 Say = Callable[[str], None]

@@ -46,7 +46,6 @@ from consumers.replica import Replica
 from infra.db import make_engine, reader
 from infra.kafka.cluster import KafkaCluster, KafkaNode
 from infra.node_tables import node_heads, outbox
-from infra.nodes import node_ids
 from infra.topics import admin_client
 from producers.migrate import open_store
 from producers.service import DossierService
@@ -56,6 +55,7 @@ from schemas.codec import decode
 from schemas.counters import recount
 from schemas.events import AnyEvent
 from schemas.keys import Keyring, init_keystore
+from schemas.nodes import node_ids
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS, REGISTRY
 from streams import tables as st
 from streams.processor import Processor

@@ -24,7 +24,6 @@ from sqlalchemy import Engine, select
 from infra.broker import EmbeddedBroker, free_port
 from infra.db import make_engine
 from infra.node_tables import node_heads, outbox
-from infra.nodes import node_ids
 from infra.topics import admin_client, ensure_topics
 from producers.migrate import migrate, open_store
 from producers.relay import Relay
@@ -33,6 +32,7 @@ from producers.simulator import Simulator
 from producers.store import count_unpublished
 from schemas.codec import decode
 from schemas.keys import Keyring, init_keystore
+from schemas.nodes import node_ids
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS, topic_specs
 from tests.conftest import Broker
 from tests.integration.test_broker import MOTCUA, cli_env

@@ -16,7 +16,6 @@ from nacl.signing import SigningKey
 from sqlalchemy import Engine, func, select
 
 from infra.node_tables import dossiers, hotline_calls, metadata, node_heads, outbox
-from infra.nodes import UnknownNode
 from producers import store
 from producers.errors import (
     DossierExists,
@@ -31,6 +30,7 @@ from schemas.enums import DossierStatus, Timeliness
 from schemas.events import GENESIS_HASH, LOCAL_TZ
 from schemas.fold import fold
 from schemas.integrity import KeyRegistry, verify
+from schemas.nodes import UnknownNode
 
 NODES = ("11977", "12337", "site-phohien", "site-thaibinh")
 T0 = datetime(2025, 7, 1, 8, 0, tzinfo=LOCAL_TZ)

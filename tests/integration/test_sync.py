@@ -25,7 +25,6 @@ from consumers.replica import Applied, Replica
 from consumers.replica import events as replica_events
 from infra.db import make_engine
 from infra.node_tables import outbox, state_to_row
-from infra.nodes import node_ids
 from producers.migrate import open_store
 from producers.relay import Relay
 from producers.service import DossierService
@@ -36,6 +35,7 @@ from schemas.deadletter import parse
 from schemas.events import LOCAL_TZ, AnyEvent
 from schemas.fold import fold
 from schemas.keys import Keyring, init_keystore
+from schemas.nodes import node_ids
 from schemas.topics import DEAD_LETTERS
 from streams.reader import read_to_end
 from tests.conftest import Broker, unique_prefix

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from infra.nodes import node_ids
 from schemas.check import check_lines, seq_gaps
 from schemas.codec import decode, encode
 from schemas.errors import BadHash, BadSignature, SchemaError, UnknownOrigin
 from schemas.events import GENESIS_HASH
 from schemas.integrity import verify
 from schemas.keys import KeystoreError, init_keystore, load_registry, load_signing_key
+from schemas.nodes import node_ids
 from tests.factories import Chain, registry_of
 
 

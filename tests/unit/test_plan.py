@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infra.nodes import get_node
 from producers.calendar import add_business_days, add_office_hours, open_at_or_after
 from producers.lifecycle import lifecycle, site_for
 from producers.plan import (
@@ -25,6 +24,7 @@ from producers.plan import (
 from schemas.enums import DossierStatus as S
 from schemas.events import LOCAL_TZ
 from schemas.moves import MOVES
+from schemas.nodes import get_node
 
 
 def test_july_at_scale_one_is_exactly_the_published_figures() -> None:

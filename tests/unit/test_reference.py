@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from infra.nodes import SITES, UnknownNode, all_nodes, get_node
 from infra.settings import SettingsError, load_settings
 from schemas.ids import new_event_id
+from schemas.nodes import SITES, UnknownNode, all_nodes, get_node
 
 
 def test_106_nodes_93_xa_11_phuong_2_sites() -> None:

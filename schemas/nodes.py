@@ -1,5 +1,5 @@
 """Reference data: the 104 commune-level centres (official GSO codes, from
-``infra/data/hung_yen_units.csv``, a copy of shared/reference) and the provincial centre's two
+``schemas/data/hung_yen_units.csv``, a copy of shared/reference) and the provincial centre's two
 sites. A node id is the 5-digit code for a commune centre, or ``site-<name>`` for a site."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Node:
 @cache
 def all_nodes() -> tuple[Node, ...]:
     """The 104 commune centres in the order of the reference file, then the two sites."""
-    text = resources.files("infra").joinpath("data/hung_yen_units.csv").read_text("utf-8")
+    text = resources.files("schemas").joinpath("data/hung_yen_units.csv").read_text("utf-8")
     nodes = []
     for row in csv.DictReader(io.StringIO(text)):
         kind: NodeKind = "phuong" if row["type"] == "phường" else "xa"
