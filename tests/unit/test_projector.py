@@ -91,3 +91,29 @@ def test_only_open_store_empties_a_store_built_by_other_rules(tmp_path: Path) ->
     assert view.positions() == {}
     assert open_store(engine) is False
     engine.dispose()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fold_and_contributions_are_total_and_order_free(
+        pool: list[tuple[str, bytes, bytes]], data: st.DataObject) -> None:
+    """Any subset of a subject's events, duplicated and in any order (clock skew between
+    nodes and moves out of order included, as the simulator makes them), folds to the same
+    state, and its contribution is defined."""
+    from collections import defaultdict
+
+    from schemas.counters import contribution, fold_subject
+
+    subjects: dict[bytes, list[bytes]] = defaultdict(list)
+    for _, key, value in pool:
+        subjects[key].append(value)
+    key = data.draw(st.sampled_from(sorted(subjects)), label="subject")
+    events = [decode(v) for v in subjects[key]]
+    calls = events[0].type.startswith("hotline.")
+    picked = data.draw(st.lists(st.sampled_from(events), min_size=1, max_size=12),
+                       label="events")
+    shuffled = data.draw(st.permutations(picked), label="order")
+    state = fold_subject(shuffled, calls)
+    assert state == fold_subject(sorted(picked, key=lambda e: e.event_id), calls)
+    assert isinstance(contribution(state), dict)
