@@ -34,6 +34,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from consumers.replica import DATA_ERRORS, STORE_ERRORS, Applied, Refusal, Replica
+from infra.kafka_log import log_reader
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
@@ -67,9 +68,7 @@ class SyncConsumer:
 
     def run(self, stop: threading.Event) -> None:
         """Apply the topics to the replica until ``stop`` is set."""
-        consumer = KafkaConsumer(**self.kafka_config, group_id=None, enable_auto_commit=False,
-                                 auto_offset_reset="earliest",
-                                 fetch_max_wait_ms=self.fetch_wait_ms)
+        consumer = log_reader(self.kafka_config, self.fetch_wait_ms)
         producer = KafkaProducer(**self.kafka_config, acks="all", linger_ms=5)
         try:
             tps = self._assign(consumer, stop)
@@ -330,8 +329,7 @@ def lag_of(kafka_config: dict[str, Any], topics: Sequence[str],
     """The lag of a replica whose positions are ``stored``. The log end is the high
     watermark of fetch responses, not ListOffsets (too low on the embedded broker: DESIGN.md
     "Known facts"), so every partition is fetched from the replica's position."""
-    consumer = KafkaConsumer(**kafka_config, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    consumer = log_reader(kafka_config)
     try:
         tps = [TopicPartition(t, p) for t in topics
                for p in sorted(consumer.partitions_for_topic(t) or ())]

@@ -7,9 +7,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from infra.kafka_log import at_end, log_reader
 from schemas.errors import MotcuaError
 from schemas.snapshot import Snapshot, latest
 
@@ -24,8 +25,7 @@ def read_to_end(kafka_config: dict[str, Any], topic: str, timeout: float = 30.0
     end is the high watermark seen in fetch responses (the embedded broker's ListOffsets is
     too low: DESIGN.md "Known facts"); a partition whose high watermark is not known yet is
     not at its end."""
-    consumer = KafkaConsumer(**kafka_config, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    consumer = log_reader(kafka_config)
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -38,7 +38,7 @@ def read_to_end(kafka_config: dict[str, Any], topic: str, timeout: float = 30.0
         while True:
             for records in consumer.poll(timeout_ms=200, max_records=50_000).values():
                 yield from records
-            if all(_at_end(consumer, tp) for tp in tps):
+            if all(at_end(consumer, tp) for tp in tps):
                 return
             if time.monotonic() > deadline:
                 raise TopicUnreadable(f"could not read {topic} to its end in {timeout:g} s "
@@ -51,8 +51,3 @@ def read_snapshots(kafka_config: dict[str, Any], topic: str, timeout: float = 30
                    ) -> dict[str, Snapshot]:
     """The latest snapshot of every key of the counters ``topic`` (schemas/snapshot.py)."""
     return latest((rec.key, rec.value) for rec in read_to_end(kafka_config, topic, timeout))
-
-
-def _at_end(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
-    high = consumer.highwater(tp)
-    return high is not None and consumer.position(tp) >= high
