@@ -9,11 +9,10 @@ Run by bench/streams.py: ``python -m bench.peers.faust_count BOOTSTRAP TOPIC WAN
 from __future__ import annotations
 
 import sys
-import time
 
 import faust
 
-from bench.peers import report
+from bench.peers import count as tick
 from infra.broker import free_port
 from schemas.codec import decode
 from schemas.errors import MotcuaError
@@ -42,11 +41,8 @@ def main(bootstrap: str, topic_name: str, want: int, data_dir: str) -> None:
     @app.agent(source, concurrency=1)
     async def count(stream: faust.StreamT[bytes]) -> None:
         async for value in stream.group_by(by_day_channel, name="by-day-channel"):
-            if not seen["n"]:
-                seen["first"] = time.perf_counter()
             counts[by_day_channel(value)] += 1
-            seen["n"] += 1
-            report(seen, want)
+            tick(seen, want)
 
     worker = faust.Worker(app, loglevel="ERROR", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

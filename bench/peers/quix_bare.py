@@ -9,31 +9,25 @@ Run by bench/engine.py: ``python -m bench.peers.quix_bare BOOTSTRAP TOPIC WANT S
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
-from quixstreams import Application, State
+from quixstreams import State
 
-from bench.peers import report
+from bench.peers import count, quix_app
 
 
 def main(bootstrap: str, topic_name: str, want: int, state_dir: str) -> None:
-    app = Application(broker_address=bootstrap, consumer_group=f"peer-quix-bare-{topic_name}",
-                      auto_offset_reset="earliest", state_dir=state_dir,
-                      consumer_extra_config={"session.timeout.ms": 6000})
+    app = quix_app(bootstrap, f"peer-quix-bare-{topic_name}", state_dir)
     topic = app.topic(topic_name, value_deserializer="bytes", key_deserializer="bytes")
     seen: dict[str, float] = {"n": 0, "first": 0.0}
 
-    def count(value: bytes, state: State[Any, Any]) -> int:
-        if not seen["n"]:
-            seen["first"] = time.perf_counter()
-        seen["n"] += 1
-        report(seen, want)
+    def add_one(value: bytes, state: State[Any, Any]) -> int:
+        count(seen, want)
         total = int(state.get("count", 0)) + 1
         state.set("count", total)
         return total
 
-    app.dataframe(topic).apply(count, stateful=True)
+    app.dataframe(topic).apply(add_one, stateful=True)
     app.run()
 
 

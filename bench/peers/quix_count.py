@@ -14,12 +14,11 @@ from __future__ import annotations
 import base64
 import pickle
 import sys
-import time
 from typing import Any
 
-from quixstreams import Application, State
+from quixstreams import State
 
-from bench.peers import report
+from bench.peers import count, quix_app
 from schemas.codec import decode
 from schemas.counters import diff, dossier_contribution
 from schemas.errors import MotcuaError
@@ -27,17 +26,12 @@ from schemas.fold import DossierState, apply, event_key, fold
 
 
 def main(bootstrap: str, topic_name: str, want: int, state_dir: str) -> None:
-    app = Application(broker_address=bootstrap, consumer_group=f"peer-quix-{topic_name}",
-                      auto_offset_reset="earliest", state_dir=state_dir,
-                      consumer_extra_config={"session.timeout.ms": 6000})
+    app = quix_app(bootstrap, f"peer-quix-{topic_name}", state_dir)
     topic = app.topic(topic_name, value_deserializer="bytes", key_deserializer="str")
     seen: dict[str, float] = {"n": 0, "first": 0.0}
 
     def fold_one(value: bytes, state: State[Any, Any]) -> list[dict[str, Any]]:
-        if not seen["n"]:
-            seen["first"] = time.perf_counter()
-        seen["n"] += 1
-        report(seen, want)
+        count(seen, want)
         try:
             event = decode(value)
         except MotcuaError:
