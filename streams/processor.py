@@ -166,6 +166,18 @@ class _Subject:
         self.contribution: Contribution = {}
 
 
+Signing = list[tuple[list[tuple[Source, AnyEvent]], Future[list[MotcuaError | None]]]]
+
+
+@dataclass
+class Started:
+    """A batch begun (``Processor.begin``): decoded, its signatures being checked."""
+    batch: Batch
+    accepted: list[tuple[Source, AnyEvent]]  # decoded, and (without a registry) taken
+    signing: Signing  # chunks and their signature checks in flight
+    tps: set[TP]  # every partition its records came from
+
+
 @dataclass
 class Batch:
     """What ``prepare`` worked out; ``commit`` writes it."""
@@ -196,7 +208,8 @@ class Processor:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], _Subject] = OrderedDict()
         self._verifier = ThreadPoolExecutor(2, thread_name_prefix="verify")
-        self._pos: dict[TP, int] = {}
+        self._pos: dict[TP, int] = {}  # next offset to read: ahead of the store by a batch
+        self._stored: dict[TP, int] = {}  # next offset as committed to the store
         self._insert = insert_for(engine.dialect.name)
         self._mark = "%s" if engine.dialect.name == "postgresql" else "?"
         self._sql = _upserts(self._mark)
@@ -221,22 +234,30 @@ class Processor:
                      "worker": self.worker} for tp in missing])
                 found.update(dict.fromkeys(missing, 0))
         self._pos.update(found)
+        self._stored.update(found)
         return found
 
     def position(self, tp: TP) -> int | None:
         """This worker's view of a partition's next offset (None if not loaded)."""
         return self._pos.get(tp)
 
+    def stored_position(self, tp: TP) -> int | None:
+        """A partition's next offset as this worker last committed or read it in the
+        store (None if not loaded)."""
+        return self._stored.get(tp)
+
     def forget(self, tps: Iterable[TP] | None = None) -> None:
         """Drop what is cached about these partitions (all if None): after a revocation or a
         failed commit, the store is the only truth."""
         if tps is None:
             self._pos.clear()
+            self._stored.clear()
             self._cache.clear()
             return
         gone = set(tps)
         for tp in gone:
             self._pos.pop(tp, None)
+            self._stored.pop(tp, None)
         parts = {(self.kinds.get(topic), p) for topic, p in gone}
         for key in [k for k, s in self._cache.items() if (k[0], s.partition) in parts]:
             del self._cache[key]
@@ -244,12 +265,20 @@ class Processor:
     # --- phase 1: in memory --------------------------------------------------------------
 
     def prepare(self, records: Sequence[Source]) -> Batch:
+        """Decode, verify, chain and fold a batch in memory (``begin`` then ``finish``)."""
+        return self.finish(self.begin(records))
+
+    def begin(self, records: Sequence[Source]) -> Started:
+        """The first half of ``prepare``: positions, decoding, and the signature checks
+        handed to the verifier threads. The worker begins batch k+1 before it finishes
+        batch k, so the verifiers check k+1 while the main thread folds and stores k.
+        Batches must be finished in the order they were begun."""
         batch = Batch()
         new_tps = {(r.topic, r.partition) for r in records} - self._pos.keys()
         self.load_positions(new_tps)
         accepted: list[tuple[Source, AnyEvent]] = []
         chunk: list[tuple[Source, AnyEvent]] = []
-        signing: list[tuple[list[tuple[Source, AnyEvent]], Future[list[MotcuaError | None]]]] = []
+        signing: Signing = []
         ahead: dict[TP, int] = {}  # the furthest record skipped for being past the position
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -276,7 +305,14 @@ class Processor:
                 chunk = []
         if chunk:
             signing.append((chunk, self._signatures(chunk)))
-        for part, problems in signing:
+        # seek back only where a skipped record is still beyond what this batch reached
+        batch.rewinds = {tp: self._pos[tp] for tp, far in ahead.items() if far >= self._pos[tp]}
+        return Started(batch, accepted, signing, {(r.topic, r.partition) for r in records})
+
+    def finish(self, started: Started) -> Batch:
+        """The second half of ``prepare``: signatures, chain, fold, counter deltas."""
+        batch, accepted = started.batch, started.accepted
+        for part, problems in started.signing:
             for (rec, event), problem in zip(part, problems.result(), strict=True):
                 if problem is None:
                     accepted.append((rec, event))
@@ -284,8 +320,6 @@ class Processor:
                     batch.dead.append(self._dead(rec, problem))
         accepted = self._chained(accepted, batch)
         batch.dead.sort(key=lambda d: (d.source_topic, d.partition, d.offset))
-        # seek back only where a skipped record is still beyond what this batch reached
-        batch.rewinds = {tp: self._pos[tp] for tp, far in ahead.items() if far >= self._pos[tp]}
         self._load_subjects({(self.kinds[r.topic], e.dossier_id): r.partition
                              for r, e in accepted})
         before: dict[tuple[str, str], Contribution] = {}
@@ -488,6 +522,8 @@ class Processor:
         except BaseException:
             self.forget()  # the cache ran ahead of the store: drop it
             raise
+        for tp, (_, end) in batch.moves.items():
+            self._stored[tp] = end
         return changed
 
     # --- snapshots -----------------------------------------------------------------------

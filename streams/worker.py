@@ -37,9 +37,11 @@ from streams.processor import (
     CALLS,
     DOSSIERS,
     TP,
+    Batch,
     PositionConflict,
     Processor,
     Source,
+    Started,
     open_store,
 )
 
@@ -97,6 +99,7 @@ class StreamWorker:
         self._sought: dict[TP, tuple[int, float]] = {}
         self.assigned: set[TP] = set()
         self.consumer: AIOKafkaConsumer | None = None
+        self._begun: Started | None = None  # begun, to be finished with the next batch
         self._committed_at = 0.0
         self.app.task(self._consume)
         self.app.timer(0.1, name="publish-snapshots")(self._publish_due)
@@ -161,9 +164,12 @@ class StreamWorker:
         freeze_heap()
         try:
             while True:
-                fetched = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
+                # with a batch begun, take only what is fetched already: if nothing more
+                # has come, the begun batch is finished at once
+                wait = 0 if self._begun is not None else 200
+                fetched = await consumer.getmany(timeout_ms=wait, max_records=self.batch_size)
                 records = [m for messages in fetched.values() for m in messages]
-                if records:
+                if records or self._begun is not None:
                     await self.handle(records)
                     await self._commit_offsets()
         finally:
@@ -177,7 +183,7 @@ class StreamWorker:
             return
         self._committed_at = now
         offsets = {TopicPartition(*tp): pos for tp in self.assigned
-                   if (pos := self.processor.position(tp)) is not None}
+                   if (pos := self.processor.stored_position(tp)) is not None}
         if not offsets or self.consumer is None:
             return
         try:
@@ -186,28 +192,51 @@ class StreamWorker:
             log.info("offsets not committed: %r", exc)
 
     async def handle(self, records: list[Source]) -> None:
+        """Begin this batch, then finish and store the one begun before it: the verifier
+        threads check this batch's signatures while the main thread folds and stores the
+        previous one (streams.processor.Processor.begin)."""
         async with self._lock:
             # a batch can still hold records of a partition revoked meanwhile: its new owner
             # takes them; committing them here would only make it conflict
             records = [r for r in records if (r.topic, r.partition) in self.assigned]
-            tps = {(r.topic, r.partition) for r in records}
-            try:
-                await self._handle(records)
-            except PositionConflict as exc:
-                log.warning("%s; re-reading positions", exc)
-                await self._seek_to_store(tps)
-                self._reload_pending()
-            except Exception:
-                # Kafka or the store failed mid-batch: nothing of it is stored, so drop what
-                # the cache holds ahead of the store; the next records of these partitions
-                # are then ahead of it, and the worker seeks back and reads them again.
-                log.exception("batch of %d records not stored; it will be read again",
-                              len(records))
-                self.processor.forget(tps)
-                await asyncio.sleep(1.0)
+            begun, self._begun = self._begun, None
+            if records:
+                try:
+                    self._begun = self.processor.begin(records)
+                except Exception:  # the store is down: these records are read again
+                    log.exception("could not begin a batch of %d records", len(records))
+                    self.processor.forget({(r.topic, r.partition) for r in records})
+            if begun is not None:
+                await self._finish(begun)
 
-    async def _handle(self, records: list[Source]) -> None:
-        batch = self.processor.prepare(records)
+    async def _finish(self, begun: Started) -> None:
+        try:
+            await self._store(self.processor.finish(begun))
+        except PositionConflict as exc:
+            log.warning("%s; re-reading positions", exc)
+            tps = begun.tps | self._drop_begun()
+            await self._seek_to_store(tps)
+            self._reload_pending()
+        except Exception:
+            # Kafka or the store failed mid-batch: nothing of it is stored, so drop what
+            # the cache holds ahead of the store (and the batch begun after it); the next
+            # records of these partitions are then ahead of it, and the worker seeks back
+            # and reads them again.
+            log.exception("batch of %d partitions not stored; it will be read again",
+                          len(begun.tps))
+            self.processor.forget(begun.tps | self._drop_begun())
+            await asyncio.sleep(1.0)
+
+    def _drop_begun(self) -> set[TP]:
+        """Forget the batch begun and not finished (its records are read again); returns
+        its partitions."""
+        begun, self._begun = self._begun, None
+        if begun is None:
+            return set()
+        self.processor.forget(begun.tps)
+        return begun.tps
+
+    async def _store(self, batch: Batch) -> None:
         if batch.dead:
             # acknowledged BEFORE the positions move past them: a crash in between
             # repeats a dead letter (same source position), it never drops one
@@ -256,6 +285,7 @@ class StreamWorker:
         e.g. a failed batch, would otherwise leave a quiet partition unread for ever)."""
         mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.source}
         async with self._lock:  # never between a batch's prepare and its commit
+            self._drop_begun()
             self._forget(self.assigned - mine)
             self.assigned = mine
             self._sought.clear()
@@ -273,6 +303,7 @@ class StreamWorker:
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in revoked if tp.topic in self.source}
         async with self._lock:
+            self._drop_begun()
             self.assigned -= gone
             self._forget(gone)
 
