@@ -8,13 +8,16 @@ STAMP  := $(VENV)/.installed
 export MOTCUA_TEST_PG_URL ?= postgresql+psycopg://postgres:motcua@127.0.0.1:5432/test
 export MOTCUA_TEST_BROKER ?= both
 
-.PHONY: up up-kafka test lint bench install services clean
+.PHONY: up up-kafka test test-unit lint bench install services clean
 
 up: install  ## run the whole system on this machine (embedded broker, memory storage)
 	$(BIN)/motcua up
 
 test: install lint services  ## lint, type-check, then every test on both brokers
 	$(BIN)/pytest --durations=15
+
+test-unit: install  ## the tests that need no broker and no PostgreSQL (seconds)
+	$(BIN)/pytest -m "not integration"
 
 services: install  ## install and start PostgreSQL, fetch Apache Kafka's jars (idempotent)
 	bash .ci/services.sh

@@ -68,6 +68,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "else both)")
 
 
+HERE = Path(__file__).resolve().parent
+
+
 def broker_kinds(config: pytest.Config) -> list[str]:
     if os.environ.get("MOTCUA_KAFKA_BOOTSTRAP"):
         return ["external"]
@@ -83,6 +86,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "broker" in metafunc.fixturenames:
         metafunc.parametrize("broker", broker_kinds(metafunc.config), indirect=True,
                              scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests under integration/ and chaos/ need a real broker or PostgreSQL: marked, so that
+    # `-m "not integration"` (make test-unit) runs the rest in seconds.
+    for item in items:
+        if {"integration", "chaos"} & set(item.path.relative_to(HERE).parts[:1]):
+            item.add_marker(pytest.mark.integration)
 
 
 def only_on(broker: Broker, kind: str, why: str) -> None:
