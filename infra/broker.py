@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import struct
@@ -79,10 +80,27 @@ def find_tansu(override: Path | None = None) -> Path:
     return path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
+    """A free listening port, with ``span`` free ports from it, below the kernel's ephemeral
+    range. A port bound to 0 comes from that range, where every outgoing connection takes its
+    local port too: a listener started a moment later (or restarted on the same port) could
+    find it taken by some client's connection."""
+    low = _ephemeral_range()[0] - span
+    first = 10000 if low > 11000 else 1024
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(first, max(first + 1, low))
+        if not any(_port_in_use(host, port + i) for i in range(span)):
+            return port
+    raise OSError(f"no free port found on {host} below {low}")
 
 
 def _port_in_use(host: str, port: int) -> bool:

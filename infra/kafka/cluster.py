@@ -274,16 +274,14 @@ class KafkaCluster:
         self.heap_mb = heap_mb
         self.security = security or Security()
         self.extra_configs = dict(extra_configs or {})
-        self.port = port or self._free_port_block(size)
+        self.port = port or self.free_port_block(size)
         self.nodes = [KafkaNode(self, i) for i in range(size)]
 
     @staticmethod
-    def _free_port_block(size: int) -> int:
+    def free_port_block(size: int) -> int:
         """A base port whose client, internal and controller ports are all free."""
         for _ in range(50):
-            base = free_port()
-            if base + 200 + size > 65535:
-                continue
+            base = free_port(HOST, span=200 + size)
             ports = [base + off + i for off in (0, 100, 200) for i in range(size)]
             if not any(_port_in_use(HOST, p) for p in ports[1:]):
                 return base

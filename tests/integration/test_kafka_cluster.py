@@ -16,7 +16,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from infra.broker import free_port, kafka_answers
+from infra.broker import kafka_answers
+from infra.kafka.cluster import KafkaCluster
 from schemas.topics import DOSSIER_EVENTS, REGISTRY
 from tests.conftest import kafka_lib
 from tests.integration.test_broker import MOTCUA, cli_env
@@ -82,7 +83,7 @@ def test_kafka_up_without_jars_says_what_to_run(tmp_path: Path) -> None:
 def test_kafka_up_prints_bootstrap_and_nodes_keeps_its_log_and_stops_on_ctrl_c(
         tmp_path: Path) -> None:
     data = data_dir_with_jars(tmp_path)
-    port = free_port()
+    port = KafkaCluster.free_port_block(2)
     env = cli_env(MOTCUA_DATA_DIR=str(data))
     cmd = [*MOTCUA, "kafka", "up", "--brokers", "2", "--port", str(port)]
 
@@ -138,7 +139,7 @@ def test_up_on_kafka_runs_the_system_and_keeps_the_log_across_restarts(tmp_path:
     simulator, worker and replicas; Ctrl-C stops it all. Started again, the log is still
     there: nothing is published again and the worker goes on from its positions."""
     data = data_dir_with_jars(tmp_path)
-    port = free_port()
+    port = KafkaCluster.free_port_block(2)
     env = cli_env(MOTCUA_DATA_DIR=str(data), MOTCUA_KAFKA_BROKERS="2",
                   MOTCUA_SYNC_NODES="site-phohien")
     bootstrap = f"127.0.0.1:{port},127.0.0.1:{port + 1}"
