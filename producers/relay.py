@@ -78,8 +78,9 @@ def producer_config(kafka_config: dict[str, Any], round_seconds: float = 20.0
     budget_ms = int(round_seconds * 1000)
     # kafka-python 3.0 bootstraps from one random server and waits the whole timeout (30 s
     # by default) on it: a frozen node (connections accepted, nothing answered) cost the
-    # relay 30 s per new producer in the fault drills (tests/chaos). A caller's value wins.
-    return {"bootstrap_timeout_ms": max(1000, budget_ms // 2),
+    # relay 30 s per new producer in the fault drills (tests/chaos). A short one fails
+    # fast, and the relay's next try picks another server at random. A caller's value wins.
+    return {"bootstrap_timeout_ms": max(1000, budget_ms // 6),
             **kafka_config, "acks": "all", "enable_idempotence": True,
             "max_in_flight_requests_per_connection": 5, "linger_ms": 5,
             "batch_size": 256 * 1024, "request_timeout_ms": max(500, budget_ms // 2),
@@ -114,6 +115,7 @@ class Relay:
         self._acked: list[dict[str, Any]] = []  # acknowledged by Kafka, not yet recorded
         self._acked_keys: set[tuple[str, int]] = set()
         self._next_claim = 0.0
+        self._failed_rounds = 0  # rounds in a row that ended with a failed send
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -132,7 +134,6 @@ class Relay:
                 log.warning("relay: %s unavailable (%s); retrying in %.1f s",
                             "Kafka" if isinstance(exc, KafkaError) else "the store",
                             self.stats.last_error, delay)
-                self._drop_producer()
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
         self.close()
@@ -161,20 +162,32 @@ class Relay:
         if not rows:
             return self._record()
         producer = self._get_producer()  # a new one bootstraps: part of the round
-        futures = [(row, producer.send(self.prefix + row.topic, value=bytes(row.body),
-                                       key=row.dossier_id.encode()))
-                   for row in rows]
-        self._record()  # database work overlaps the producer's network I/O
         try:
-            # bounded: kafka-python 3.0 can leave a future pending forever after the broker
-            # was paused mid-request (seen here: flush() never returned)
-            producer.flush(timeout=max(0.0, round_end - time.monotonic()))
-        except KafkaTimeoutError:
-            pass  # the futures still pending count as failed sends below
+            futures = [(row, producer.send(self.prefix + row.topic, value=bytes(row.body),
+                                           key=row.dossier_id.encode()))
+                       for row in rows]
+        except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
+            self._round_failed(exc, stuck=False)
+            raise
+        self._record()  # database work overlaps the producer's network I/O
+        # Wait for the acknowledgements until the round ends, and not a moment longer: the
+        # records go out after linger_ms without a flush(), whose timeout applies to each
+        # batch in turn (a frozen node once held a 20 s round for 31 s), and kafka-python
+        # 3.0 can leave a future pending forever after the broker was paused mid-request.
+        for _row, future in futures:
+            remaining = round_end - time.monotonic()
+            if remaining <= 0:
+                break
+            if not future.is_done:
+                try:
+                    future.get(timeout=remaining)
+                except KafkaError:
+                    pass  # judged below, with the others
         now = datetime.now(UTC)
-        acked, error = 0, None
+        acked, error, pending = 0, None, False
         for row, future in futures:
             if not future.is_done:
+                pending = True
                 error = KafkaTimeoutError(f"no acknowledgement within the round "
                                           f"({self.round_budget.total_seconds():.0f} s)")
                 continue
@@ -189,9 +202,23 @@ class Relay:
             acked += 1
         self.stats.published += acked
         if error is not None:
-            self._record()
+            self._round_failed(error, stuck=pending)
             raise error
+        self._failed_rounds = 0
         return acked
+
+    def _round_failed(self, error: KafkaError, *, stuck: bool) -> None:
+        """Record what was acknowledged; replace the producer only if it is suspect.
+
+        A producer whose sends all ended (acknowledged, or expired after
+        delivery_timeout_ms) is kept: it knows where the leaders moved, while a new one
+        bootstraps again, maybe from the very node that stopped answering (a 30 s SIGSTOP
+        drill lost its whole freeze that way). One that left a send pending, failed
+        otherwise than by a timeout, or failed three rounds in a row, is replaced."""
+        self._record()
+        self._failed_rounds += 1
+        if stuck or self._failed_rounds >= 3 or not isinstance(error, KafkaTimeoutError):
+            self._drop_producer()
 
     def _next_rows(self, nodes: list[str]) -> list[Any]:
         """Unpublished rows in (origin, seq) order, minus those acknowledged but not yet
