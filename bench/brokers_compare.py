@@ -143,7 +143,7 @@ def run_sync(b: RunningBroker, s: Shared, here: Path) -> Sample:
     usage = Usage(b.pids)
     seconds, _ = catch_up(here, b.bootstrap, prefix, s.work.keys_dir, ends, db, usage=usage,
                           **b.group_env)
-    replica = Replica(make_engine(db.format(node="site-phohien")), "site-phohien")
+    replica = Replica.open(make_engine(db.format(node="site-phohien")), "site-phohien")
     try:
         if replica.rows() != s.want:
             raise AssertionError("the replica's rows differ from the node store's")

@@ -44,7 +44,7 @@ BATCH = 2000
 
 
 def ours(engine: Engine, batch: list[tuple[AnyEvent, int]]) -> float:
-    replica = Replica(engine, "site-phohien")
+    replica = Replica.open(engine, "site-phohien")
     started = time.perf_counter()
     for i in range(0, len(batch), BATCH):
         chunk = batch[i:i + BATCH]
@@ -126,7 +126,7 @@ def main() -> None:
             for fn in (ours, peer):
                 with make() as engine:
                     seconds = fn(engine, batch)
-                    got = Replica(engine, "site-phohien").rows()
+                    got = Replica.open(engine, "site-phohien").rows()
                     assert got == want, f"{fn.__name__} on {name}: rows differ from the nodes"
                 rates.append(n / seconds)
             print(f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[0] / rates[1]:.1f}× |",

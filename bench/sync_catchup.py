@@ -69,7 +69,7 @@ def catch_up(tmp: Path, bootstrap: str, prefix: str, keys: Path,
     """(seconds from process start to the last position stored, peak RSS MiB) of `motcua
     sync --node site-phohien` on an empty replica at ``db`` (``{node}`` in it is the node);
     ``usage``, if given, covers the same section."""
-    replica = Replica(make_engine(db.format(node="site-phohien")), "site-phohien")
+    replica = Replica.open(make_engine(db.format(node="site-phohien")), "site-phohien")
     proc = SyncProcess(tmp, bootstrap, prefix, keys, "site-phohien", db, **env)
     began = time.perf_counter()
     if usage is not None:
@@ -107,7 +107,7 @@ def main() -> None:
                 db = (stack.enter_context(pg_schema_url()) if name == "PostgreSQL"
                       else f"sqlite:///{tmp}/{{node}}.db")
                 seconds, rss = catch_up(tmp, broker.bootstrap, prefix, keys, ends, db)
-                replica = Replica(make_engine(db.format(node="site-phohien")), "site-phohien")
+                replica = Replica.open(make_engine(db.format(node="site-phohien")), "site-phohien")
                 assert replica.rows() == want, f"{name}: rows differ from the node stores"
                 replica.engine.dispose()
                 print(f"| {name} | {total:,} | {seconds:,.0f} s | {total / seconds:,.0f} | "

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -56,7 +56,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from infra.db import insert_for, reader
+from infra.db import insert_for, insert_rows, reader
 from infra.node_tables import NODE, UtcDateTime, state_from_row, state_to_row
 from infra.node_tables import dossiers as node_dossiers
 from infra.node_tables import hotline_calls as node_calls
@@ -177,11 +177,10 @@ _CHUNK = 500  # ids per IN list: well under SQLite's and psycopg's parameter lim
 
 
 class Replica:
-    def __init__(self, engine: Engine, node: str = "site-phohien", *,
-                 create: bool = True) -> None:
-        """The replica of ``node`` in ``engine``, created if empty (unless ``create`` is
-        False: then only read). A site keeps everything; a commune its own dossiers. A
-        database that holds another node's replica, or a node store, is refused: mixing
+    def __init__(self, engine: Engine, node: str = "site-phohien") -> None:
+        """The replica of ``node`` held in ``engine``; nothing is created or changed here
+        (``Replica.open`` creates one). A site keeps everything; a commune its own dossiers.
+        A database that holds another node's replica, or a node store, is refused: mixing
         them would make both wrong."""
         self.engine = engine
         self.node = get_node(node).id
@@ -189,14 +188,9 @@ class Replica:
         self._insert = insert_for(engine.dialect.name)
         where = engine.url.render_as_string(hide_password=True)
         tables, columns = _shape(engine)
-        if {"outbox", "node_heads"} & tables:
-            raise ReplicaMismatch(f"{where} is a node store, not a replica: give the replica "
-                                  "its own database (--db / MOTCUA_SYNC_DB_URL)")
-        if not create and status.name not in tables:
+        _refuse_node_store(tables, where)
+        if status.name not in tables:
             raise ReplicaMismatch(f"{where} holds no replica yet")
-        if create:
-            metadata.create_all(engine)  # the tables that are not there yet
-            tables, columns = _shape(engine)
         for table in metadata.sorted_tables:
             missing = sorted(set(table.c.keys()) - columns.get(table.name, set()))
             if missing:  # no migrations for a replica: it is rebuilt from the log instead
@@ -204,17 +198,25 @@ class Replica:
                     f"{where} was made by an older motcua ({table.name} lacks "
                     f"{', '.join(missing)}): remove it, and `motcua sync` rebuilds it from "
                     "the log")
-        if create:
-            with engine.begin() as conn:
-                if not conn.execute(select(status.c.node)).first():
-                    conn.execute(status.insert().values(node=self.node, stored=0, refused=0,
-                                                        dead_letters=0))
         with reader(engine) as conn:
             held = conn.execute(select(status.c.node)).scalars().all()
         if list(held) != [self.node]:
             raise ReplicaMismatch(f"{where} holds the replica of "
                                   f"{', '.join(held) or 'no node yet'}, not {self.node}: "
                                   "give each node its own database")
+
+    @classmethod
+    def open(cls, engine: Engine, node: str = "site-phohien") -> Replica:
+        """The replica of ``node`` in ``engine``, its tables created (the missing ones) and
+        claimed for ``node`` if the database holds none yet."""
+        node = get_node(node).id
+        _refuse_node_store(_shape(engine)[0], engine.url.render_as_string(hide_password=True))
+        metadata.create_all(engine)
+        with engine.begin() as conn:
+            if not conn.execute(select(status.c.node)).first():
+                conn.execute(status.insert().values(node=node, stored=0, refused=0,
+                                                    dead_letters=0))
+        return cls(engine, node)
 
     # --- applying ---------------------------------------------------------------------------
 
@@ -303,7 +305,7 @@ class Replica:
                 taken.add(e.event_id)
                 kept.append(e)
         if kept:
-            self._insert_many(conn, events, [{
+            insert_rows(conn, events, [{
                 "origin": e.origin, "origin_seq": e.origin_seq, "event_id": e.event_id,
                 "hash": e.hash, "prev_hash": e.prev_hash, "dossier_id": e.dossier_id,
                 "occurred_at": e.occurred_at, "body": encode(e)} for e in kept])
@@ -348,24 +350,8 @@ class Replica:
         gone = sorted(states)
         for chunk in _chunks(gone):
             conn.execute(delete(dossiers).where(dossiers.c.dossier_id.in_(chunk)))
-        self._insert_many(conn, dossiers, [state_to_row(states[d]) for d in gone])
+        insert_rows(conn, dossiers, [state_to_row(states[d]) for d in gone])
         result.dossiers += len(gone)
-
-    def _insert_many(self, conn: Connection, table: Table, rows: list[dict[str, Any]]
-                     ) -> None:
-        if conn.dialect.driver != "psycopg":
-            conn.execute(table.insert(), rows)  # sqlite3's executemany: one prepared loop
-            return
-        # PostgreSQL runs an executemany as one statement per row, and SQLAlchemy compiles a
-        # multi-row VALUES slowly; COPY, in this same transaction, is ~2x faster than the
-        # first and ~10x the second (measured with bench/sync_apply.py)
-        cols = [c.name for c in table.c]
-        names = ", ".join(f'"{c}"' for c in cols)
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as cp:
-            for row in rows:
-                cp.write_row([row[c] for c in cols])
 
     def _concerns_me(self, e: AnyEvent) -> bool:
         return e.origin == self.node or (isinstance(e, DossierReceived)
@@ -478,6 +464,12 @@ class Replica:
             conn.execute(update(status).values(stored=0, refused=0, dead_letters=0,
                                                applied_at=None, last_error=None,
                                                last_error_at=None))
+
+
+def _refuse_node_store(tables: set[str], where: str) -> None:
+    if {"outbox", "node_heads"} & tables:
+        raise ReplicaMismatch(f"{where} is a node store, not a replica: give the replica "
+                              "its own database (--db / MOTCUA_SYNC_DB_URL)")
 
 
 def _shape(engine: Engine) -> tuple[set[str], dict[str, set[str]]]:

@@ -35,9 +35,8 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from infra.db import reader
+from infra.db import driver_datetime, driver_sql, insert_ignore, reader
 from infra.node_tables import node_heads, outbox, relay_leases
-from producers import store
 
 log = logging.getLogger("motcua.relay")
 
@@ -50,23 +49,18 @@ _MARK = (update(outbox)
 
 
 def _mark(conn: Connection, marks: list[dict[str, Any]]) -> None:
-    """The marking UPDATE as one driver-level executemany: through SQLAlchemy's parameter
-    processing it cost a third of the relay's database time (profiled)."""
-    if conn.dialect.name == "sqlite":
-        # stored as SQLAlchemy's SQLite DateTime stores it: naive UTC, microseconds
-        at = marks[0]["at"].astimezone(UTC).replace(tzinfo=None).isoformat(
-            sep=" ", timespec="microseconds")
-        sql = _MARK_SQL.replace("%s", "?")
-    elif conn.dialect.driver == "psycopg":
-        at, sql = marks[0]["at"], _MARK_SQL
-    else:  # any other driver: the portable path
+    """The marking UPDATE as one driver-level executemany (through SQLAlchemy's parameter
+    processing it cost a third of the relay's database time, profiled)."""
+    sql = driver_sql(conn, _MARK_SQL)
+    if sql is None:  # a driver infra.db does not speak to directly: the portable path
         conn.execute(_MARK, marks)
         return
+    at = driver_datetime(conn, marks[0]["at"])
     conn.exec_driver_sql(sql, [(at, m["p"], m["off"], m["o"], m["s"]) for m in marks])
 
 
-_MARK_SQL = ("UPDATE outbox SET published_at = %s, kafka_partition = %s, kafka_offset = %s "
-             "WHERE origin = %s AND origin_seq = %s AND published_at IS NULL")
+_MARK_SQL = ("UPDATE outbox SET published_at = ?, kafka_partition = ?, kafka_offset = ? "
+             "WHERE origin = ? AND origin_seq = ? AND published_at IS NULL")
 
 
 def producer_config(kafka_config: dict[str, Any], round_seconds: float = 20.0
@@ -282,7 +276,7 @@ class Relay:
             wanted = sorted(wanted)  # one lock order for every relay: no deadlock
             held: dict[str, datetime] = {}
             for node in wanted:
-                store.insert_ignore(conn, relay_leases,
+                insert_ignore(conn, relay_leases,
                                     {"node_id": node, "holder": self.holder, "expires_at": now})
                 row = conn.execute(select(relay_leases).where(relay_leases.c.node_id == node)
                                    .with_for_update()).one()

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
+from infra.db import is_postgresql
 from infra.node_tables import hotline_calls
 from producers import store
 from producers.errors import (
@@ -75,7 +76,7 @@ class DossierService:
         two batches over the same nodes in different orders can deadlock on PostgreSQL."""
         if getattr(self._local, "batch", None) is not None:
             raise RuntimeError("batches do not nest")
-        limit = commit_every or (50 if self.engine.dialect.name == "postgresql" else 1000)
+        limit = commit_every or (50 if is_postgresql(self.engine) else 1000)
         with self.engine.connect() as conn:
             self._local.batch, self._local.limit, self._local.calls = conn, limit, 0
             conn.begin()

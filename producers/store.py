@@ -8,21 +8,17 @@ order, so two nodes acting on one dossier cannot deadlock. SQLite ignores FOR UP
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import (
     Connection,
     Engine,
-    Table,
     bindparam,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from infra.db import insert_for, reader
+from infra.db import insert_ignore, reader
 from infra.node_tables import dossiers, node_heads, outbox, state_from_row, state_to_row
 from schemas.codec import decode, encode
 from schemas.events import GENESIS_HASH, AnyEvent
@@ -34,10 +30,6 @@ from schemas.topics import DOSSIER_EVENTS
 # with literals) cost more than the database work itself (profiled: ~70% of a service call).
 _SELECT_HEAD = (select(node_heads.c.last_seq, node_heads.c.head_hash)
                 .where(node_heads.c.node_id == bindparam("node")).with_for_update())
-_INSERT_HEAD = {
-    name: dialect.insert(node_heads).on_conflict_do_nothing()
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
-}
 _MOVE_HEAD = (update(node_heads).where(node_heads.c.node_id == bindparam("origin"))
               .values(last_seq=bindparam("origin_seq"), head_hash=bindparam("hash")))
 _INSERT_EVENT = insert(outbox)
@@ -49,17 +41,12 @@ _INSERT_DOSSIER = insert(dossiers)
 _UPDATE_DOSSIER = update(dossiers).where(dossiers.c.dossier_id == bindparam("key"))
 
 
-def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING, on PostgreSQL and SQLite."""
-    conn.execute(insert_for(conn.dialect.name)(table).values(values).on_conflict_do_nothing())
-
-
 def lock_head(conn: Connection, node: str) -> tuple[int, str]:
     """The node's (last_seq, head_hash), locked until the transaction ends."""
     row = conn.execute(_SELECT_HEAD, {"node": node}).one_or_none()
     if row is None:  # the node's first write ever: create its head, then lock it
-        conn.execute(_INSERT_HEAD[conn.dialect.name],
-                     {"node_id": node, "last_seq": 0, "head_hash": GENESIS_HASH})
+        insert_ignore(conn, node_heads,
+                      {"node_id": node, "last_seq": 0, "head_hash": GENESIS_HASH})
         row = conn.execute(_SELECT_HEAD, {"node": node}).one()
     return int(row.last_seq), str(row.head_hash)
 

@@ -17,10 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from sqlalchemy import Engine, bindparam, delete, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, delete, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from infra.db import insert_for
+from infra.db import driver_sql, insert_ignore
 from schemas.calls import CallState, apply_call, is_call_event
 from schemas.chain import DUPLICATE, Link, Place, judge
 from schemas.codec import decode
@@ -114,9 +114,20 @@ _UPSERTS = {
 }
 
 
-def _upserts(mark: str) -> dict[str, str]:
+def _upserts(engine: Engine) -> dict[str, str]:
     """The batch writes, in SQL that SQLite and PostgreSQL share (placeholders aside)."""
-    return {name: sql.replace("?", mark) for name, sql in _UPSERTS.items()}
+    sqls = {name: driver_sql(engine, sql) for name, sql in _UPSERTS.items()}
+    missing = sorted(name for name, sql in sqls.items() if sql is None)
+    if missing:
+        raise ValueError(f"the stream store needs SQLite or PostgreSQL through psycopg, "
+                         f"not {engine.dialect.name}+{engine.dialect.driver}")
+    return {name: sql for name, sql in sqls.items() if sql is not None}
+
+
+def _driver(conn: Connection, sql: str) -> str:
+    out = driver_sql(conn, sql)
+    assert out is not None  # _upserts refused any other driver when the Processor was built
+    return out
 
 
 def open_store(engine: Engine) -> bool:
@@ -210,9 +221,7 @@ class Processor:
         self._verifier = ThreadPoolExecutor(2, thread_name_prefix="verify")
         self._pos: dict[TP, int] = {}  # next offset to read: ahead of the store by a batch
         self._stored: dict[TP, int] = {}  # next offset as committed to the store
-        self._insert = insert_for(engine.dialect.name)
-        self._mark = "%s" if engine.dialect.name == "postgresql" else "?"
-        self._sql = _upserts(self._mark)
+        self._sql = _upserts(engine)
 
     # --- positions -----------------------------------------------------------------------
 
@@ -229,7 +238,7 @@ class Processor:
             found = {(r.topic, r.partition): int(r.next_offset) for r in rows}
             missing = [tp for tp in tps if tp not in found]
             if missing:
-                conn.execute(self._insert(t.positions).on_conflict_do_nothing(), [
+                insert_ignore(conn, t.positions, [
                     {"topic": tp[0], "partition": tp[1], "next_offset": 0, "dead_letters": 0,
                      "worker": self.worker} for tp in missing])
                 found.update(dict.fromkeys(missing, 0))
@@ -407,22 +416,21 @@ class Processor:
             seqs[e.origin].update((e.origin_seq - 1, e.origin_seq, e.origin_seq + 1))
         held: dict[Place, Link] = {}
         ids: set[str] = set()
-        mark = self._mark
         with self.engine.connect() as conn:
             for part in _param_chunks(sorted(seqs.items()), lambda kv: 1 + len(kv[1])):
-                where = " OR ".join(f"(origin = {mark} AND origin_seq IN "
-                                    f"({', '.join([mark] * len(q))}))" for _, q in part)
+                where = " OR ".join(f"(origin = ? AND origin_seq IN "
+                                    f"({', '.join('?' * len(q))}))" for _, q in part)
                 params = tuple(x for origin, q in part for x in (origin, *sorted(q)))
-                for origin, seq, digest, prev in conn.exec_driver_sql(
-                        "SELECT origin, origin_seq, hash, prev_hash FROM stream_chain "  # noqa: S608 - placeholders only
-                        f"WHERE {where}", params):
+                for origin, seq, digest, prev in conn.exec_driver_sql(_driver(
+                        conn, "SELECT origin, origin_seq, hash, prev_hash FROM stream_chain "  # noqa: S608 - placeholders only
+                        f"WHERE {where}"), params):
                     held[(origin, int(seq))] = Link(digest, prev)
             wanted = sorted({e.event_id for e in events})
             for i in range(0, len(wanted), _MAX_PARAMS):
                 chunk = tuple(wanted[i:i + _MAX_PARAMS])
-                ids.update(r[0] for r in conn.exec_driver_sql(
-                    "SELECT event_id FROM stream_chain WHERE event_id IN "  # noqa: S608 - placeholders only
-                    f"({', '.join([mark] * len(chunk))})", chunk))
+                ids.update(r[0] for r in conn.exec_driver_sql(_driver(
+                    conn, "SELECT event_id FROM stream_chain WHERE event_id IN "  # noqa: S608 - placeholders only
+                    f"({', '.join('?' * len(chunk))})"), chunk))
         return held, ids
 
     def _load_subjects(self, wanted: Mapping[tuple[str, str], int]) -> None:

@@ -89,7 +89,7 @@ def open_replica(settings: Settings, node: str, db: str | None = None, *,
                 admin.dispose()
         # every transaction can be redone from Kafka: NORMAL sync is enough (make_engine)
         engine = make_engine(url, schema=schema, sqlite_sync="NORMAL")
-        return Replica(engine, node, create=create)
+        return Replica.open(engine, node) if create else Replica(engine, node)
     except MotcuaError:
         if engine is not None:
             engine.dispose()

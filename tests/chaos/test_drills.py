@@ -125,7 +125,7 @@ class Pipeline:
                         for i in range(workers)]
         # a SQLite replica URL names its file by {node}; a PostgreSQL one sets a search_path
         dbs = {"site-phohien": f"sqlite:///{tmp}/{{node}}.db", "site-thaibinh": thaibinh_db}
-        self.replicas = {node: Replica(make_engine(db.replace("{node}", node)), node)
+        self.replicas = {node: Replica.open(make_engine(db.replace("{node}", node)), node)
                          for node, db in dbs.items()}
         self.syncs = {node: SyncProcess(tmp, self.bootstrap, self.prefix, self.keys, node, db,
                                         **GROUP_ENV)

@@ -233,7 +233,7 @@ def test_every_process_reaches_the_cluster_through_the_settings(
     store = f"sqlite:///{tmp_path / 'nodes.db'}"
     shutil.copy(workload.keys_dir.parent / "nodes.db", tmp_path / "nodes.db")
     db = f"sqlite:///{tmp_path}/{{node}}.db"
-    replica = Replica(make_engine(db.format(node="site-phohien")), "site-phohien")
+    replica = Replica.open(make_engine(db.format(node="site-phohien")), "site-phohien")
     worker = WorkerProcess(tmp_path, secured.bootstrap, prefix, workload.keys_dir,
                            **secured.env)
     sync = SyncProcess(tmp_path, secured.bootstrap, prefix, workload.keys_dir,

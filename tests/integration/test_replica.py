@@ -80,7 +80,7 @@ def replicas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     node = request.param
     lite = make_engine(f"sqlite:///{tmp_path_factory.mktemp('replica') / 'r.db'}")
     with _pg_schema(pg_admin, settings.test_pg_url) as pg:
-        yield Replica(lite, node), Replica(pg, node)
+        yield Replica.open(lite, node), Replica.open(pg, node)
     lite.dispose()
 
 
@@ -132,7 +132,7 @@ def test_any_order_and_duplicates_converge_to_the_fold(
 
 
 def test_a_fork_is_refused_and_changes_nothing(tmp_path: Path) -> None:
-    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    replica = Replica.open(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
     first = EVENTS[0]
     replica.apply([first])
     before = replica.rows()
@@ -146,7 +146,7 @@ def test_a_fork_is_refused_and_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_replaying_a_batch_changes_nothing_and_positions_move_with_it(tmp_path: Path) -> None:
-    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    replica = Replica.open(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
     replica.apply(EVENTS[:10], {("dossier-events", 3): 10})
     rows = replica.rows()
     again = replica.apply(EVENTS[:10], {("dossier-events", 3): 10})
@@ -156,7 +156,7 @@ def test_replaying_a_batch_changes_nothing_and_positions_move_with_it(tmp_path: 
 
 
 def test_a_gap_is_kept_until_the_missing_event_arrives(tmp_path: Path) -> None:
-    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    replica = Replica.open(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
     own = sorted((e for e in EVENTS if e.origin == "11977"), key=lambda e: e.origin_seq)
     replica.apply([own[0], own[1], own[3], own[4]])
     assert replica.gaps() == {"11977": [(3, 3)]}
@@ -165,7 +165,7 @@ def test_a_gap_is_kept_until_the_missing_event_arrives(tmp_path: Path) -> None:
 
 
 def test_an_event_that_breaks_its_origins_chain_is_refused(tmp_path: Path) -> None:
-    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
+    replica = Replica.open(make_engine(f"sqlite:///{tmp_path / 'r.db'}"))
     chain = Chain("13225")
     first = chain.emit("dossier.received", "D-13225-000001", T0,
                        receiving_node="13225")

@@ -79,9 +79,9 @@ def test_both_sites_and_a_commune_converge_row_for_row_after_a_day(
     provision(kafka_config, prefix)
     ends = produce(kafka_config, prefix, day.records)
     store = f"sqlite:///{day.keys_dir.parent / 'nodes.db'}"
-    phohien = Replica(make_engine(f"sqlite:///{tmp_path / 'site-phohien.db'}"), "site-phohien")
-    thaibinh = Replica(pg_fresh, "site-thaibinh")
-    commune = Replica(make_engine(f"sqlite:///{tmp_path / f'{COMMUNE}.db'}"), COMMUNE)
+    phohien = Replica.open(make_engine(f"sqlite:///{tmp_path / 'site-phohien.db'}"), "site-phohien")
+    thaibinh = Replica.open(pg_fresh, "site-thaibinh")
+    commune = Replica.open(make_engine(f"sqlite:///{tmp_path / f'{COMMUNE}.db'}"), COMMUNE)
     with sync_thread(phohien, kafka_config, day.keys_dir, prefix, max_records=300) as a, \
             sync_thread(thaibinh, kafka_config, day.keys_dir, prefix) as b, \
             sync_thread(commune, kafka_config, day.keys_dir, prefix) as c:
@@ -164,8 +164,8 @@ def test_forged_and_tampered_events_are_rejected_reported_and_change_nothing(
     ]
     provision(kafka_config, prefix)
     ends = produce(kafka_config, prefix, day.records)
-    site = Replica(make_engine(f"sqlite:///{tmp_path / 'site.db'}"), "site-phohien")
-    commune = Replica(make_engine(f"sqlite:///{tmp_path / 'commune.db'}"), COMMUNE)
+    site = Replica.open(make_engine(f"sqlite:///{tmp_path / 'site.db'}"), "site-phohien")
+    commune = Replica.open(make_engine(f"sqlite:///{tmp_path / 'commune.db'}"), COMMUNE)
     worker = WorkerProcess(tmp_path, broker.bootstrap, prefix, day.keys_dir).start()
     view = store_view(worker.store_url, day.keys_dir, prefix)
     try:
@@ -218,7 +218,7 @@ def test_kill_9_mid_batch_then_restart_applies_each_event_once(
     ends = produce(kafka_config, prefix, work.records)
     db = f"sqlite:///{tmp_path}/{{node}}.db"
     node = "site-thaibinh"
-    replica = Replica(make_engine(db.format(node=node)), node)
+    replica = Replica.open(make_engine(db.format(node=node)), node)
     proc = SyncProcess(tmp_path, broker.bootstrap, prefix, work.keys_dir, node, db,
                        MOTCUA_SYNC_BATCH="20").start()
     try:
@@ -269,8 +269,8 @@ def test_a_commune_offline_for_an_afternoon_catches_up_everywhere(
         t.start()
     worker = WorkerProcess(tmp_path, broker.bootstrap, prefix, keys).start()
     view = store_view(worker.store_url, keys, prefix)
-    phohien = Replica(make_engine(f"sqlite:///{tmp_path / 'site-phohien.db'}"), "site-phohien")
-    thaibinh = Replica(pg_fresh, "site-thaibinh")
+    phohien = Replica.open(make_engine(f"sqlite:///{tmp_path / 'site-phohien.db'}"), "site-phohien")
+    thaibinh = Replica.open(pg_fresh, "site-thaibinh")
     noon = datetime(2025, 7, 1, 12, 0, tzinfo=LOCAL_TZ)
     try:
         with sync_thread(phohien, kafka_config, keys, prefix) as a, \
@@ -406,7 +406,7 @@ def test_positions_from_another_log_are_detected_and_the_partition_read_again(
     in-memory broker). Trusting the positions would skip the other half for good."""
     provision(kafka_config, prefix)
     ends = produce(kafka_config, prefix, list(reversed(day.records)))
-    replica = Replica(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien")
+    replica = Replica.open(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien")
     half = [decode(v) for _, _, v in day.records[:len(day.records) // 2]]
     stale = {tp: end + 5 if i % 2 else end for i, (tp, end) in enumerate(sorted(ends.items()))}
     replica.apply(half, stale, digests=dict.fromkeys(stale, "0" * 64))
@@ -441,7 +441,7 @@ def test_up_keeps_a_replica_of_the_same_history_and_empties_one_of_another(
     first = history(tmp_path / "first.db")
     url, _ = settings.replica_url("site-phohien")
     (tmp_path / "var" / "replicas").mkdir(parents=True)
-    replica = Replica(make_engine(url), "site-phohien")
+    replica = Replica.open(make_engine(url), "site-phohien")
     replica.apply(_all_events(first), {("dossier-events", 0): 3})
     rows = replica.rows()
     said: list[str] = []
