@@ -47,3 +47,28 @@ class StopSignals:
                 tick()
                 next_tick += every
         return self._received[0]
+
+
+class Loop:
+    """``target(stop)`` running on a daemon thread until ``stop`` is set: the relay, a sync
+    consumer, the simulator. Several loops may share one ``stop``, as ``motcua up``'s do."""
+
+    def __init__(self, target: Callable[[threading.Event], None], name: str,
+                 stop: threading.Event | None = None) -> None:
+        self.stop = stop if stop is not None else threading.Event()
+        self.thread = threading.Thread(target=target, args=(self.stop,), name=name,
+                                       daemon=True)
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float = 30.0) -> None:
+        """Wait for the loop to end (after ``stop`` was set, by this or a sibling)."""
+        self.thread.join(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the loop to stop and wait for it, up to ``timeout`` seconds (it is a daemon:
+        one that does not end in time does not keep the process alive)."""
+        self.stop.set()
+        self.join(timeout)

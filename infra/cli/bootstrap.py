@@ -4,7 +4,6 @@ below take plain arguments."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from consumers.replica import Replica
 from infra.db import make_engine
+from infra.process import Loop
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
 from producers.relay import Relay
@@ -52,14 +52,10 @@ def keyring(settings: Settings, say: Say) -> Keyring:
 
 
 def start_relay(settings: Settings, engine: Engine, bootstrap: str,
-                nodes: list[str] | None = None, **kwargs: float | str
-                ) -> tuple[Relay, threading.Event, threading.Thread]:
+                nodes: list[str] | None = None, **kwargs: float | str) -> tuple[Relay, Loop]:
     relay = Relay(engine, settings.kafka_config(bootstrap), nodes=nodes,
                   topic_prefix=settings.topic_prefix, **kwargs)  # type: ignore[arg-type]
-    stop = threading.Event()
-    thread = threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True)
-    thread.start()
-    return relay, stop, thread
+    return relay, Loop(relay.run, "relay")
 
 
 def replica_location(settings: Settings, node: str, db: str | None = None

@@ -64,7 +64,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     if not args.no_relay:
         bootstrap = settings.bootstrap
         provision(settings, bootstrap, lambda _line: None)
-        relay, stop_relay, thread = start_relay(settings, engine, bootstrap)
+        relay, relay_loop = start_relay(settings, engine, bootstrap)
     stop = threading.Event()
     sim = Simulator(service, args.start, args.end, scale=args.scale, seed=args.seed,
                     speed=args.speed, stop=stop)
@@ -79,14 +79,13 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         stop.set()
         runner.join()
     if failure and relay is not None:
-        stop_relay.set()
+        relay_loop.stop.set()
     if failure:
         raise failure[0]
     summary = sim.summary.as_dict()
     if relay is not None:
         left = drain(engine, args.drain_timeout)
-        stop_relay.set()
-        thread.join(10)
+        relay_loop.close(10)
         summary["events_published"] = relay.stats.published
         summary["events_unpublished"] = left
         if left:
@@ -123,14 +122,12 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     if args.holder:
         extra["holder"] = args.holder
     with StopSignals() as signals:
-        relay, stop, thread = start_relay(settings, engine, settings.bootstrap, nodes,
-                                          **extra)
+        relay, loop = start_relay(settings, engine, settings.bootstrap, nodes, **extra)
         say(f"relay {relay.holder}: publishing "
             f"{'every node' if nodes is None else ', '.join(nodes)} from "
             f"{engine.url.render_as_string(hide_password=True)}")
         signals.wait()
-    stop.set()
-    thread.join(30)
+    loop.close(30)
     say(f"relay stopped: {relay.stats.published} events published this run")
     return 0
 

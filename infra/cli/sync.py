@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.sync import SOURCE_TOPICS, SyncConsumer, lag_of
 from infra.cli.bootstrap import open_replica, provision, replica_exists
-from infra.process import StopSignals
+from infra.process import Loop, StopSignals
 from infra.settings import Settings
 from schemas.errors import MotcuaError
 from schemas.keys import load_registry
@@ -51,16 +50,12 @@ def cmd_sync(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         "handles or returns"
     say(f"sync {node}: replica {replica.engine.url.render_as_string(hide_password=True)} "
         f"keeps {what}")
-    stop = threading.Event()
     with StopSignals() as signals:
-        thread = threading.Thread(target=consumer.run, args=(stop,), name=f"sync-{node}",
-                                  daemon=True)
-        thread.start()
+        loop = Loop(consumer.run, f"sync-{node}")
         name = signals.wait(lambda: say(_line(node, consumer)), every=30.0,
-                            watch=lambda: None if thread.is_alive()
+                            watch=lambda: None if loop.alive()
                             else "error: the sync consumer stopped")
-        stop.set()
-        thread.join(30)
+        loop.close(30)
     say(f"{name}; {_line(node, consumer)}")
     return 1 if name.startswith("error:") else 0
 

@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from infra.broker import EmbeddedBroker, die_with_parent
 from infra.cli.bootstrap import open_replica, provision, replica_exists
 from infra.kafka.cluster import KafkaCluster, lib_dir
-from infra.process import StopSignals
+from infra.process import Loop, StopSignals
 from infra.settings import Settings
 from producers import store
 from producers.migrate import open_store
@@ -132,13 +132,13 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         stop = threading.Event()
         relay = Relay(engine, settings.kafka_config(bootstrap),
                       topic_prefix=settings.topic_prefix)
-        _thread(stack, relay.run, stop, "relay")
+        _loop(stack, relay.run, stop, "relay")
         say(f"relay: publishing every node's outbox from {settings.store_url}")
         sim = None
         if options.simulate:
             sim = Simulator(DossierService(engine, Keyring(settings.keys_path)), options.start,
                             options.end, scale=options.scale, speed=options.speed, stop=stop)
-            _thread(stack, lambda _stop: _simulate(sim, say), stop, "simulator")
+            _loop(stack, lambda _stop: _simulate(sim, say), stop, "simulator")
             pace = "max" if options.speed is None else f"x{options.speed:g}"
             say(f"simulator: {options.start} to {options.end}, scale {options.scale:g}, "
                 f"speed {pace}")
@@ -173,11 +173,9 @@ def _broker_gone(broker: EmbeddedBroker | None, cluster: KafkaCluster | None = N
             "`motcua up` again rebuilds it from the node stores")
 
 
-def _thread(stack: ExitStack, target: Callable[[threading.Event], None],
-            stop: threading.Event, name: str) -> None:
-    thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
-    thread.start()
-    stack.callback(thread.join, 30)
+def _loop(stack: ExitStack, target: Callable[[threading.Event], None],
+          stop: threading.Event, name: str) -> None:
+    stack.callback(Loop(target, name, stop).join, 30)
 
 
 def _simulate(sim: Simulator, say: Say) -> None:
