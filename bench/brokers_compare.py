@@ -48,7 +48,7 @@ from bench.brokers import KINDS, RunningBroker, Usage, each_broker, rss_bytes
 from bench.relay import direct_rate, outbox_rows, relay_rate
 from bench.streams import timed_worker
 from bench.sync_catchup import catch_up, produce_store
-from consumers.replica import Replica
+from consumers.sync.replica import Replica
 from infra.db import make_engine
 from infra.topics import admin_client, ensure_topics
 from schemas.topics import topic_specs

@@ -1,7 +1,7 @@
 """Replica apply throughput (events/s) into SQLite and PostgreSQL, beside the usual
 hand-written consumer, on the same decoded events in the same run.
 
-* motcua: ``consumers.replica.Replica.apply``, batches of 2,000 events (the sync consumer's
+* motcua: ``consumers.sync.replica.Replica.apply``, batches of 2,000 events (the sync consumer's
   default poll), each batch one transaction with its source positions;
 * peer, "upsert each event with autocommit": per event, INSERT the event (ON CONFLICT DO
   NOTHING), read the dossier row, apply the event with the same fold, upsert the row and
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, bindparam, create_engine, event, select
 
-from consumers.replica import Replica, dossiers, events, metadata, positions
+from consumers.sync.replica import Replica, dossiers, events, metadata, positions
 from infra.db import insert_for, make_engine
 from infra.node_tables import state_from_row, state_to_row
 from infra.settings import load_settings

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from bench.brokers import Usage
 from bench.streams import peak_rss_mib
 from bench.sync_latency import pg_schema_url
-from consumers.replica import Replica
+from consumers.sync.replica import Replica
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine
 from infra.node_tables import outbox

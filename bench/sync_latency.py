@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bench import receive_at_rate
 from bench.sync_apply import pg_schema
-from consumers.replica import dossiers
+from consumers.sync.replica import dossiers
 from infra.broker import EmbeddedBroker
 from infra.db import make_engine, reader
 from infra.node_tables import outbox

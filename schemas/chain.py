@@ -13,7 +13,7 @@ A missing neighbour is a gap, not an error: the event is taken and checked again
 neighbour when that arrives (the neighbour is then judged against it). The first event to
 take a place keeps it. The stream worker, the sync consumers and ``motcua schemas check``
 all apply this function, so they refuse the same events (``streams/processor.py``,
-``consumers/replica.py``, ``schemas/check.py``).
+``consumers/sync/replica.py``, ``schemas/check.py``).
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ from sqlalchemy import select
 from infra.db import make_engine
 from infra.node_tables import outbox
 from infra.topics import admin_client, ensure_topics
-from producers.lifecycle import receipt_time
 from producers.migrate import open_store
-from producers.plan import plan
 from producers.service import DossierService
-from producers.simulator import Simulator
+from producers.sim.lifecycle import receipt_time
+from producers.sim.plan import plan
+from producers.sim.simulator import Simulator
 from schemas.codec import decode, encode
 from schemas.counters import CounterKey, recount
 from schemas.events import GENESIS_HASH, DossierReceived

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from consumers.replica import Replica
-from consumers.sync import SyncConsumer
+from consumers.sync.consumer import SyncConsumer
+from consumers.sync.replica import Replica
 from infra.db import make_engine
 from infra.node_tables import dossiers, hotline_calls
 from schemas.keys import load_registry

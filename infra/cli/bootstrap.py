@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from consumers.replica import Replica
+from consumers.sync.replica import Replica
 from infra.db import make_engine
 from infra.process import Loop
 from infra.settings import Settings

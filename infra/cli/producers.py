@@ -19,9 +19,9 @@ from infra.process import StopSignals
 from infra.settings import Settings
 from producers import store
 from producers.migrate import open_store
-from producers.plan import plan
 from producers.service import DossierService
-from producers.simulator import Simulator
+from producers.sim.plan import plan
+from producers.sim.simulator import Simulator
 from schemas.errors import MotcuaError
 from schemas.nodes import get_node
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumers.sync import SOURCE_TOPICS, SyncConsumer, lag_of
+from consumers.sync.consumer import SOURCE_TOPICS, SyncConsumer, lag_of
 from infra.cli.bootstrap import open_replica, provision, replica_exists
 from infra.process import Loop, StopSignals
 from infra.settings import Settings

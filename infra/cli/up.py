@@ -42,7 +42,7 @@ from producers import store
 from producers.migrate import open_store
 from producers.relay import Relay
 from producers.service import DossierService
-from producers.simulator import Simulator
+from producers.sim.simulator import Simulator
 from schemas.errors import MotcuaError
 from schemas.keys import Keyring, init_keystore
 from schemas.nodes import get_node, node_ids

@@ -42,14 +42,14 @@ import pytest
 from kafka.errors import KafkaError
 from sqlalchemy import select
 
-from consumers.replica import Replica
+from consumers.sync.replica import Replica
 from infra.db import make_engine, reader
 from infra.kafka.cluster import KafkaCluster, KafkaNode
 from infra.node_tables import node_heads, outbox
 from infra.topics import admin_client
 from producers.migrate import open_store
 from producers.service import DossierService
-from producers.simulator import Simulator
+from producers.sim.simulator import Simulator
 from producers.store import count_unpublished
 from schemas.codec import decode
 from schemas.counters import recount

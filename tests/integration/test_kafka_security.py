@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import func, select
 
-from consumers.replica import Replica
+from consumers.sync.replica import Replica
 from infra.db import make_engine
 from infra.kafka.cluster import KafkaCluster, Security
 from infra.node_tables import outbox

@@ -28,7 +28,7 @@ from infra.topics import admin_client, ensure_topics
 from producers.migrate import migrate, open_store
 from producers.relay import Relay
 from producers.service import DossierService
-from producers.simulator import Simulator
+from producers.sim.simulator import Simulator
 from producers.store import count_unpublished
 from schemas.codec import decode
 from schemas.keys import Keyring, init_keystore

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from consumers.replica import Replica
+from consumers.sync.replica import Replica
 from infra.db import make_engine
 from infra.node_tables import state_to_row
 from infra.settings import Settings

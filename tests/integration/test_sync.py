@@ -21,14 +21,14 @@ from kafka.errors import KafkaTimeoutError
 from sqlalchemy import Engine, func, select
 from sqlalchemy import exc as sa_exc
 
-from consumers.replica import Applied, Replica
-from consumers.replica import events as replica_events
+from consumers.sync.replica import Applied, Replica
+from consumers.sync.replica import events as replica_events
 from infra.db import make_engine
 from infra.node_tables import outbox, state_to_row
 from producers.migrate import open_store
 from producers.relay import Relay
 from producers.service import DossierService
-from producers.simulator import Simulator
+from producers.sim.simulator import Simulator
 from schemas.codec import decode, encode
 from schemas.counters import recount
 from schemas.deadletter import parse

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.calendar import add_business_days, add_office_hours, open_at_or_after
-from producers.lifecycle import lifecycle, site_for
-from producers.plan import (
+from producers.sim.calendar import add_business_days, add_office_hours, open_at_or_after
+from producers.sim.lifecycle import lifecycle, site_for
+from producers.sim.plan import (
     JULY_FROM,
     JULY_ONLINE,
     JULY_RECEIVED,

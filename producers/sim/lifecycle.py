@@ -1,5 +1,5 @@
 """One simulated dossier's life, as a list of service calls with their times (an assumption
-about the province's workload, tuned to look like one; see producers/plan.py for what is
+about the province's workload, tuned to look like one; see producers/sim/plan.py for what is
 calibrated to fact). Pure: a seeded ``random.Random`` decides everything."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from producers.calendar import add_business_days, add_office_hours, at, open_at_or_after
+from producers.sim.calendar import add_business_days, add_office_hours, at, open_at_or_after
 from schemas.nodes import SITE_PHOHIEN, SITE_THAIBINH, Node
 
 # when, node, service method, dossier (or call) id, the method's other arguments

@@ -7,7 +7,7 @@ seeks every partition to the position the replica stored with its rows; Kafka's 
 offsets play no part, and none are written.
 
 Each poll is checked record by record (schema, hash, signature, known origin, record key =
-dossier id); the replica then refuses forks and chain breaks (``consumers.replica``). Every
+dossier id); the replica then refuses forks and chain breaks (``consumers.sync.replica``). Every
 rejected record is written to ``dead-letters`` with its reason, inside the transaction that
 moves the positions past it and before that transaction commits: a crash in between writes
 the dead letter again on restart (at least once), never loses it. Valid events behind a
@@ -33,7 +33,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from consumers.replica import DATA_ERRORS, STORE_ERRORS, Applied, Refusal, Replica
+from consumers.sync.replica import DATA_ERRORS, STORE_ERRORS, Applied, Refusal, Replica
 from infra.kafka_log import log_reader
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError

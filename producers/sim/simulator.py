@@ -1,5 +1,5 @@
 """``motcua simulate``: drives the dossier service of all 106 nodes with the calibrated
-workload of producers/plan.py and producers/lifecycle.py, in event-time order.
+workload of producers/sim/plan.py and producers/sim/lifecycle.py, in event-time order.
 
 ``speed=None`` runs as fast as the store allows (calls grouped into transactions of
 ``batch_ops``, each call still in its own savepoint); ``speed=60`` plays an hour of office
@@ -22,11 +22,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from infra.node_tables import dossiers
-from producers.calendar import add_office_hours, at
 from producers.errors import ServiceError
-from producers.lifecycle import Op, lifecycle, receipt_time
-from producers.plan import Cell, days_between, hotline_plan, plan
 from producers.service import DossierService
+from producers.sim.calendar import add_office_hours, at
+from producers.sim.lifecycle import Op, lifecycle, receipt_time
+from producers.sim.plan import Cell, days_between, hotline_plan, plan
 from schemas.enums import HotlineCategory
 from schemas.errors import MotcuaError
 from schemas.events import LOCAL_TZ

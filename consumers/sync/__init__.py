@@ -1,0 +1,2 @@
+"""Background sync: a node's replica (``replica``) kept from the log by a consumer
+(``consumer``)."""
