@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -206,7 +206,7 @@ class Replica:
                                   "give each node its own database")
 
     @classmethod
-    def open(cls, engine: Engine, node: str = "site-phohien") -> Replica:
+    def open(cls, engine: Engine, node: str = "site-phohien") -> Self:
         """The replica of ``node`` in ``engine``, its tables created (the missing ones) and
         claimed for ``node`` if the database holds none yet."""
         node = get_node(node).id

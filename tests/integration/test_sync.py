@@ -375,8 +375,8 @@ def test_failed_applies_are_retried_and_a_refused_record_is_isolated(
     refused = next(e for e in events if e.type == "dossier.status_changed")
     provision(kafka_config, prefix)
     ends = produce(kafka_config, prefix, day.records)
-    replica = Faulty(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien",
-                     refused.event_id)
+    engine = Replica.open(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien").engine
+    replica = Faulty(engine, "site-phohien", refused.event_id)
     with sync_thread(replica, kafka_config, day.keys_dir, prefix, max_records=200) as c:
         wait_applied(replica, ends, 120)
     assert replica.calls > 5 and c.dead == 1
@@ -467,7 +467,7 @@ def test_a_database_that_refuses_everything_dead_letters_nothing(
         tmp_path: Path, kafka_config: dict[str, Any], day: Workload, prefix: str) -> None:
     provision(kafka_config, prefix)
     produce(kafka_config, prefix, day.records)
-    replica = Refusing(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien")
+    replica = Refusing.open(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien")
     with sync_thread(replica, kafka_config, day.keys_dir, prefix) as c:
         deadline = time.monotonic() + 60
         while "refuses consecutive records" not in str(c.last_error):
