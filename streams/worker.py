@@ -257,7 +257,7 @@ class StreamWorker:
     def _reload_pending(self) -> None:
         """Snapshot marks in the store for our partitions (left by a crash, or by a batch
         another worker committed just before handing a partition over)."""
-        self.dirty.update(self.processor.pending(self.assigned))
+        self.dirty.update(self.processor.store.pending(self.assigned))
 
     async def _seek(self, tp: TP, offset: int) -> None:
         last = self._sought.get(tp)
@@ -363,7 +363,7 @@ class StreamWorker:
     async def _send_snapshots(self, due: list[SnapshotKey], now: float) -> None:
         stamp = datetime.now(UTC).isoformat()
         sent = []
-        for key, values, next_offset, version in self.processor.snapshots(
+        for key, values, next_offset, version in self.processor.store.snapshots(
                 k for k in due if k[0] in self.assigned):
             tp, scope, period = key
             snap = Snapshot(scope, period, (tp[0].removeprefix(self.prefix), tp[1]),
@@ -377,7 +377,7 @@ class StreamWorker:
             sent.append((key, version, fut))
         if sent:
             await asyncio.gather(*(fut for _, _, fut in sent))
-            self.processor.published_many([(k[0], k[1], k[2], v) for k, v, _ in sent])
+            self.processor.store.published_many([(k[0], k[1], k[2], v) for k, v, _ in sent])
 
 
 class _NoFaustConsumer(BootStrategy):

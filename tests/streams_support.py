@@ -30,11 +30,11 @@ from schemas.codec import decode, encode
 from schemas.counters import CounterKey, recount
 from schemas.events import GENESIS_HASH, DossierReceived
 from schemas.integrity import seal
-from schemas.keys import Keyring, init_keystore, load_registry
+from schemas.keys import Keyring, init_keystore
 from schemas.nodes import node_ids
 from schemas.topics import DOSSIER_EVENTS, topic_specs
 from streams import tables
-from streams.processor import Processor
+from streams.store import StreamStore
 from tests.integration.test_broker import MOTCUA, cli_env
 
 
@@ -142,16 +142,15 @@ class WorkerProcess(CliProcess):
         return self
 
 
-def store_view(store_url: str, keys: Path, prefix: str) -> Processor:
-    """A processor over the worker's store, for reading it (never for processing). The
-    tables are made if the worker has not made them yet (empty: the reads see nothing)."""
+def store_view(store_url: str, keys: Path, prefix: str) -> StreamStore:
+    """The worker's store, for reading it. The tables are made if the worker has not made
+    them yet (empty: the reads see nothing)."""
     engine = make_engine(store_url)
     tables.metadata.create_all(engine)
-    return Processor(engine, {prefix + DOSSIER_EVENTS: "dossier"},
-                     load_registry(keys), worker="test-reader")
+    return StreamStore(engine)
 
 
-def wait_for_positions(view: Processor, ends: dict[tuple[str, int], int], timeout: float,
+def wait_for_positions(view: StreamStore, ends: dict[tuple[str, int], int], timeout: float,
                        worker: WorkerProcess | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -58,8 +58,8 @@ from schemas.keys import Keyring, init_keystore
 from schemas.nodes import node_ids
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS, REGISTRY
 from streams import tables as st
-from streams.processor import Processor
 from streams.reader import read_to_end
+from streams.store import StreamStore
 from tests.chaos.conftest import GROUP_ENV, wait_full_isr
 from tests.integration.test_broker import cli_env
 from tests.integration.test_streams import wait_for_snapshots
@@ -118,7 +118,7 @@ class Pipeline:
             MOTCUA_DB_URL=self.store_url, MOTCUA_DATA_DIR=str(tmp / "relay"), **common))
         self.worker_store = worker_store
         # the readers open (and so create) the stores before any process does
-        self.view: Processor = store_view(worker_store, self.keys, self.prefix)
+        self.view: StreamStore = store_view(worker_store, self.keys, self.prefix)
         self.workers = [WorkerProcess(tmp, self.bootstrap, self.prefix, self.keys,
                                       name=f"w{i + 1}", store_url=worker_store,
                                       MOTCUA_STREAMS_BATCH="200", **GROUP_ENV)

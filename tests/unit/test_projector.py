@@ -18,6 +18,8 @@ from infra.db import make_engine
 from schemas.codec import decode
 from schemas.counters import recount
 from streams.processor import CALLS, DOSSIERS, Processor, Record, open_store
+from streams.projector import Projector
+from streams.store import StreamStore
 from tests.streams_support import simulate
 
 TOPICS = {"dossier-events": DOSSIERS, "hotline-events": CALLS}
@@ -69,7 +71,7 @@ def test_any_interleaving_duplication_and_batching_gives_the_recount(
             if cache == 1000 and turn % 2:
                 proc.forget()  # as after a rebalance: read everything back from the store
             at, turn = at + size, turn + 1
-        got = proc.counters()
+        got = proc.store.counters()
         engine.dispose()
     distinct = {value: None for _, _, value in picked}
     assert got == recount([decode(v) for v in distinct])
@@ -85,7 +87,7 @@ def test_only_open_store_empties_a_store_built_by_other_rules(tmp_path: Path) ->
     Processor(engine, TOPICS, None, worker="w").load_positions([("dossier-events", 0)])
     with engine.begin() as conn:
         conn.execute(update(t.meta).values(value="0"))  # built by other counter rules
-    view = Processor(engine, TOPICS, None, worker="reader")  # a view never empties it
+    view = StreamStore(engine)  # reading a store never empties it
     assert view.positions() == {("dossier-events", 0): (0, 0)}
     assert open_store(engine) is True  # the worker's start does, and says so
     assert view.positions() == {}
@@ -117,3 +119,35 @@ def test_fold_and_contributions_are_total_and_order_free(
     state = fold_subject(shuffled, calls)
     assert state == fold_subject(sorted(picked, key=lambda e: e.event_id), calls)
     assert isinstance(contribution(state), dict)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_projector_alone_sums_to_the_recount(
+        pool: list[tuple[str, bytes, bytes]], data: st.DataObject) -> None:
+    """``streams.projector`` with no store: subjects it drops (a small cache) come back
+    from the events written so far, as the worker reads them back from its store."""
+    indices = data.draw(st.lists(st.integers(0, len(pool) - 1), min_size=1, max_size=300),
+                        label="events, in delivery order")
+    size = data.draw(st.integers(1, 80), label="batch size")
+    projector = Projector(cache_size=data.draw(st.sampled_from([5, 1_000_000]),
+                                               label="subject cache"))
+    written: dict[tuple[str, str], bytes] = {}  # what a store would hold
+    totals: dict[tuple[str, str, str], int] = {}
+    picked = [pool[i] for i in indices]
+    for at in range(0, len(picked), size):
+        items = []
+        for topic, _key, value in picked[at:at + size]:
+            event = decode(value)
+            items.append(((TOPICS[topic], event.dossier_id), event, value))
+        for key in projector.missing({k: None for k, _, _ in items}):
+            projector.restore(key, 0, written.get(key))
+        touched, deltas = projector.project(items)
+        for key, subject in touched.items():
+            written[key] = b"\n".join(subject.raws)
+        for delta in deltas.values():
+            for ck, v in delta.items():
+                totals[ck] = totals.get(ck, 0) + v
+    distinct = {value: None for _, _, value in picked}
+    assert {k: v for k, v in totals.items() if v} == recount([decode(v) for v in distinct])
