@@ -4,7 +4,8 @@ the same run, repeated.
 Per repeat, on the same events in fresh topics of one broker:
 
 * **per-core limit**: one thread that consumes (aiokafka ``getmany``), decodes and verifies
-  every signature: what one Python core can do before any folding;
+  every signature: what one Python core can do before any folding; and the same without
+  verifying, the ceiling of ``--no-verify``;
 * **motcua streams**, signatures verified, then ``--no-verify``: a fresh worker and an empty
   store, timed from its first stored position to its last; its counters are compared with
   the batch recount at the end (``exact``);
@@ -37,8 +38,10 @@ from schemas.keys import load_registry
 from tests.streams_support import produce, provision
 
 
-async def _consume_decode_verify(bootstrap: str, topic: str, total: int, keys: Path) -> float:
-    """Seconds for one thread to consume, decode and verify ``total`` records."""
+async def _consume_decode_verify(bootstrap: str, topic: str, total: int, keys: Path,
+                                 verify: bool = True) -> float:
+    """Seconds for one thread to consume, decode and (if ``verify``) verify ``total``
+    records."""
     registry = load_registry(keys)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
@@ -54,11 +57,19 @@ async def _consume_decode_verify(bootstrap: str, topic: str, total: int, keys: P
             for messages in batch.values():
                 for m in messages:
                     event = decode(m.value)
-                    check_signature(event, registry)
+                    if verify:
+                        check_signature(event, registry)
                     seen += 1
         return time.perf_counter() - first
     finally:
         await consumer.stop()
+
+
+LIMIT = "per-core limit: consume + decode + verify, one thread"
+DECODE = "consume + decode alone, one thread"
+VERIFIED = "motcua streams, signatures verified"
+UNVERIFIED = "motcua streams --no-verify"
+QUIX = "peer: Quix Streams, bare count per key"
 
 
 def main(repeats: int = 3, copies: int = 3) -> None:
@@ -79,25 +90,27 @@ def main(repeats: int = 3, copies: int = 3) -> None:
         with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
             cfg = {"bootstrap_servers": [broker.bootstrap]}
             for r in range(repeats):
-                for name in ("v", "nv", "qb", "lim"):
+                for name in ("v", "nv", "qb", "lim", "dec"):
                     provision(cfg, f"{name}{r}.")
                     produce(cfg, f"{name}{r}.", dossier)
                 secs = asyncio.run(_consume_decode_verify(
                     broker.bootstrap, f"lim{r}.dossier-events", total, keys))
-                rows.setdefault("per-core limit: consume + decode + verify, one thread",
-                                []).append(total / secs)
+                rows.setdefault(LIMIT, []).append(total / secs)
+                secs = asyncio.run(_consume_decode_verify(
+                    broker.bootstrap, f"dec{r}.dossier-events", total, keys, verify=False))
+                rows.setdefault(DECODE, []).append(total / secs)
                 secs, ok, peak = timed_worker(tmp, broker.bootstrap, f"v{r}.", keys, total,
                                               expected)
-                rows.setdefault("motcua streams, signatures verified", []).append(total / secs)
+                rows.setdefault(VERIFIED, []).append(total / secs)
                 exact.append(ok)
                 rss.append(peak)
                 secs, ok, _ = timed_worker(tmp, broker.bootstrap, f"nv{r}.", keys, total,
                                            expected, "--no-verify")
-                rows.setdefault("motcua streams --no-verify", []).append(total / secs)
+                rows.setdefault(UNVERIFIED, []).append(total / secs)
                 exact.append(ok)
                 secs, seen = timed_peer("bench.peers.quix_bare", broker.bootstrap,
                                         f"qb{r}.dossier-events", total, tmp / f"quix{r}")
-                rows.setdefault("peer: Quix Streams, bare count per key", []).append(
+                rows.setdefault(QUIX, []).append(
                     seen / secs if secs else float("nan"))
                 print(f"repeat {r + 1}: " + ", ".join(f"{v[-1]:,.0f}" for v in rows.values()),
                       flush=True)
@@ -105,15 +118,15 @@ def main(repeats: int = 3, copies: int = 3) -> None:
         for name, values in rows.items():
             print(f"| {name} | {statistics.median(values):,.0f} | "
                   f"{min(values):,.0f}-{max(values):,.0f} |")
-        names = list(rows)
-        verified, unverified, quix, limit = (rows[names[1]], rows[names[2]], rows[names[3]],
-                                             rows[names[0]])
-        ratio = [a / b for a, b in zip(unverified, quix, strict=True)]
-        share = [a / b for a, b in zip(verified, limit, strict=True)]
-        print(f"\n--no-verify / Quix bare count, per repeat: "
-              f"{', '.join(f'{x:.2f}' for x in ratio)} (median {statistics.median(ratio):.2f})")
-        print(f"verified / per-core limit, per repeat: "
-              f"{', '.join(f'{x:.2f}' for x in share)} (median {statistics.median(share):.2f})")
+        def per_repeat(label: str, top: str, bottom: str) -> None:
+            ratio = [a / b for a, b in zip(rows[top], rows[bottom], strict=True)]
+            print(f"{label}, per repeat: {', '.join(f'{x:.2f}' for x in ratio)} "
+                  f"(median {statistics.median(ratio):.2f})")
+        print()
+        per_repeat("--no-verify / Quix bare count", UNVERIFIED, QUIX)
+        per_repeat("consume + decode alone / Quix bare count", DECODE, QUIX)
+        per_repeat("--no-verify / consume + decode alone", UNVERIFIED, DECODE)
+        per_repeat("verified / per-core limit", VERIFIED, LIMIT)
         print(f"counters equal the recount in every run: {all(exact)}; worker peak RSS "
               f"{min(rss):.0f}-{max(rss):.0f} MiB")
 
