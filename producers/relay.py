@@ -277,7 +277,7 @@ class Relay:
             held: dict[str, datetime] = {}
             for node in wanted:
                 insert_ignore(conn, relay_leases,
-                                    {"node_id": node, "holder": self.holder, "expires_at": now})
+                              {"node_id": node, "holder": self.holder, "expires_at": now})
                 row = conn.execute(select(relay_leases).where(relay_leases.c.node_id == node)
                                    .with_for_update()).one()
                 if row.holder == self.holder or row.expires_at <= now:

@@ -288,6 +288,7 @@ def test_poison_messages_go_to_dead_letters_and_the_rest_is_counted(
         assert letter["stage"] == "streams"
 
 
+@pytest.mark.timeout(900)  # its own waits (600 s to fold, 60 s for snapshots) must be reachable
 def test_july_at_scale_1_gives_the_published_figures(
         tmp_path: Path, broker: Broker, kafka_config: dict[str, Any], prefix: str,
         workload: Workload, worker: WorkerProcess) -> None:
