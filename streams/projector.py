@@ -34,6 +34,21 @@ class Subject:
         self.contribution: Contribution = {}
 
 
+#: One tuple per counter key, shared by every subject that counts in it: a cached dossier
+#: counts in ~23 keys, and as separate tuples and strings they were 1.75 kB of its ~5 kB
+#: (measured with tracemalloc on a simulated week; 100,000 cached subjects, ~175 MB).
+#: Emptied when large (a year has ~100,000s of keys); subjects keep the tuples they hold.
+_KEYS: dict[CounterKey, CounterKey] = {}
+_KEYS_MAX = 200_000
+
+
+def _shared(contrib: Contribution) -> Contribution:
+    if len(_KEYS) > _KEYS_MAX:
+        _KEYS.clear()
+    keys = _KEYS
+    return {keys.setdefault(k, k): v for k, v in contrib.items()}
+
+
 def _step(state: DossierState | CallState, event: AnyEvent) -> DossierState | CallState:
     return apply(state, event) if isinstance(state, DossierState) else apply_call(state, event)
 
@@ -58,7 +73,7 @@ class Projector:
             events = [decode(raw) for raw in subject.raws]
             subject.ids = {(e.event_id, e.hash) for e in events}
             subject.state = fold_subject(events, key[0] == CALLS)
-            subject.contribution = contribution(subject.state)
+            subject.contribution = _shared(contribution(subject.state))
         self._cache[key] = subject
 
     def project(self, items: Iterable[tuple[SubjectKey, AnyEvent, bytes]]
@@ -77,7 +92,7 @@ class Projector:
                 touched[key] = subject
         deltas: dict[SubjectKey, dict[CounterKey, int]] = {}
         for key, subject in touched.items():
-            new = contribution(subject.state)
+            new = _shared(contribution(subject.state))
             delta = diff(before[key], new)
             subject.contribution = new
             if delta:
