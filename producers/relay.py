@@ -35,10 +35,14 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from infra.db import driver_datetime, driver_sql, insert_ignore, reader
+from infra.db import driver_datetime, driver_sql, insert_ignore, reader, writer_if_free
 from infra.node_tables import node_heads, outbox, relay_leases
 
 log = logging.getLogger("motcua.relay")
+
+#: Seconds acknowledged events may stay unmarked while the store's write lock is busy; then
+#: a round waits for the lock. Each unmarked event is sent again if the relay dies first.
+MAX_DEFER = 2.0
 
 # Only a row not yet marked: if two relays ever published one row, the first mark stands.
 _MARK = (update(outbox)
@@ -87,6 +91,7 @@ class RelayStats:
     published: int = 0
     failures: int = 0
     last_error: str | None = None
+    deferred_marks: int = 0  # rounds whose marks waited for a free write lock
 
 
 class Relay:
@@ -108,6 +113,7 @@ class Relay:
         self._held: dict[str, datetime] = {}  # node -> lease expiry we wrote
         self._acked: list[dict[str, Any]] = []  # acknowledged by Kafka, not yet recorded
         self._acked_keys: set[tuple[str, int]] = set()
+        self._acked_since = 0.0  # when the oldest unrecorded acknowledgement came
         self._next_claim = 0.0
         self._failed_rounds = 0  # rounds in a row that ended with a failed send
 
@@ -154,7 +160,7 @@ class Relay:
         round_end = time.monotonic() + self.round_budget.total_seconds()
         rows = self._next_rows(nodes) if nodes else []
         if not rows:
-            return self._record()
+            return self._record(wait=False)
         producer = self._get_producer()  # a new one bootstraps: part of the round
         try:
             futures = [(row, producer.send(self.prefix + row.topic, value=bytes(row.body),
@@ -163,7 +169,7 @@ class Relay:
         except KafkaError as exc:  # e.g. no metadata for the topic within max_block_ms
             self._round_failed(exc, stuck=False)
             raise
-        self._record()  # database work overlaps the producer's network I/O
+        self._record(wait=False)  # database work overlaps the producer's network I/O
         # Wait for the acknowledgements until the round ends, and not a moment longer: the
         # records go out after linger_ms without a flush(), whose timeout applies to each
         # batch in turn (a frozen node once held a 20 s round for 31 s), and kafka-python
@@ -190,6 +196,8 @@ class Relay:
             except KafkaError as exc:
                 error = exc
                 continue
+            if not self._acked:
+                self._acked_since = time.monotonic()
             self._acked.append({"o": row.origin, "s": row.origin_seq, "at": now,
                                 "p": meta.partition, "off": meta.offset})
             self._acked_keys.add((row.origin, row.origin_seq))
@@ -227,13 +235,24 @@ class Relay:
         return [r for r in rows if (r.origin, r.origin_seq) not in self._acked_keys
                 ][:self.batch_size]
 
-    def _record(self) -> int:
-        """Write the acknowledged events' partition/offset to the outbox."""
+    def _record(self, *, wait: bool = True) -> int:
+        """Write the acknowledged events' partition/offset to the outbox. Without ``wait``,
+        only if the store can take the write at once: otherwise the marks wait for a later
+        round (at most MAX_DEFER seconds), and this round goes on sending; rows
+        acknowledged but not yet marked are not sent again meanwhile (``_next_rows``)."""
         if not self._acked:
             return 0
-        marks, self._acked = self._acked, []
-        with self.engine.begin() as conn:
-            _mark(conn, marks)
+        if wait or time.monotonic() - self._acked_since > MAX_DEFER:
+            marks, self._acked = self._acked, []
+            with self.engine.begin() as conn:
+                _mark(conn, marks)
+        else:
+            with writer_if_free(self.engine) as conn:
+                if conn is None:
+                    self.stats.deferred_marks += 1
+                    return 0
+                marks, self._acked = self._acked, []
+                _mark(conn, marks)
         self._acked_keys.clear()
         return len(marks)
 
