@@ -200,8 +200,13 @@ class Processor:
                     batch.dead.append(self._dead(rec, problem))
         accepted = self._chained(accepted, batch)
         batch.dead.sort(key=lambda d: (d.source_topic, d.partition, d.offset))
-        items = [((self.kinds[r.topic], e.dossier_id), e, r.value or b"") for r, e in accepted]
-        partition_of = {(self.kinds[r.topic], e.dossier_id): r.partition for r, e in accepted}
+        kinds = self.kinds
+        items = []
+        partition_of: dict[tuple[str, str], int] = {}
+        for r, e in accepted:
+            key = (kinds[r.topic], e.dossier_id)
+            items.append((key, e, r.value or b""))
+            partition_of[key] = r.partition
         self._restore(partition_of)
         batch.touched, deltas = self.projector.project(items)
         for key, delta in deltas.items():

@@ -205,7 +205,9 @@ class StreamStore:
             for name, rows in (("subjects", subjects), ("counters", counters),
                                ("chain", links), ("dirty", marks)):
                 if rows:
-                    conn.exec_driver_sql(self._sql[name], list(rows))
+                    # executemany needs a list (a tuple would be read as one row)
+                    conn.exec_driver_sql(self._sql[name],
+                                         rows if isinstance(rows, list) else list(rows))
 
     def snapshots(self, keys: Iterable[tuple[TP, str, str]]
                   ) -> list[tuple[tuple[TP, str, str], dict[str, int], int, int]]:

@@ -279,13 +279,12 @@ class KafkaCluster:
 
     @staticmethod
     def free_port_block(size: int) -> int:
-        """A base port whose client, internal and controller ports are all free."""
-        for _ in range(50):
-            base = free_port(HOST, span=200 + size)
-            ports = [base + off + i for off in (0, 100, 200) for i in range(size)]
-            if not any(_port_in_use(HOST, p) for p in ports[1:]):
-                return base
-        raise KafkaClusterError("no free block of ports found on 127.0.0.1")
+        """A base port whose client, internal and controller ports (base, base + 100 and
+        base + 200, ``size`` of each) are all free: ``free_port`` checks the whole span."""
+        try:
+            return free_port(HOST, span=200 + size)
+        except OSError as exc:
+            raise KafkaClusterError(f"no free block of ports: {exc}") from None
 
     @property
     def bootstrap(self) -> str:
