@@ -4,6 +4,7 @@
 #               password auth on 127.0.0.1 (MOTCUA_TEST_PG_URL, see the Makefile).
 #   Apache Kafka: Java 17 + Maven (Debian's packages if missing), then `motcua kafka install`
 #               resolves the jars into var/kafka/lib (Maven's cache ~/.m2 serves a re-run).
+#   Chromium:   Debian's package, for the wall boards' browser tests (Playwright).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_PASSWORD=${MOTCUA_TEST_PG_PASSWORD:-motcua}
@@ -49,3 +50,12 @@ if ! command -v java >/dev/null; then apt_install openjdk-17-jre-headless; fi
 if ! command -v mvn >/dev/null; then apt_install maven; fi
 .venv/bin/motcua kafka install
 echo "services: Apache Kafka jars ready ($(( $(date +%s) - t0 )) s)"
+
+# The wall boards' browser tests drive Debian's chromium through Playwright (Playwright's
+# own browser download is not used: executable_path=/usr/bin/chromium).
+t0=$(date +%s)
+if [ ! -x /usr/bin/chromium ]; then
+  echo "services: installing chromium (Debian package)"
+  apt_install chromium
+fi
+echo "services: chromium ready ($(( $(date +%s) - t0 )) s)"

@@ -14,6 +14,7 @@ from types import FrameType
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from infra.broker import EmbeddedBroker
+from infra.cli import display as display_cli
 from infra.cli import kafka as kafka_cli
 from infra.cli import producers as producers_cli
 from infra.cli import streams as streams_cli
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     producers_cli.add_parsers(sub, say)
     streams_cli.add_parsers(sub, say)
     sync_cli.add_parsers(sub, say)
+    display_cli.add_parsers(sub, say)
 
     p = sub.add_parser("nodes", help="list the 104 commune centres and the 2 provincial sites")
     p.add_argument("--json", action="store_true")

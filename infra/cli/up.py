@@ -3,11 +3,11 @@
 It starts the embedded broker (unless ``MOTCUA_KAFKA_BOOTSTRAP`` names a cluster), provisions
 the registry topics, makes sure the node keystore exists, opens the node store (all 106 nodes
 in ``var/nodes.db`` unless ``MOTCUA_DB_URL``), runs the outbox relay and the simulator (July
-2025, an office hour per minute by default) and a stream worker (``motcua streams``, a child
-process) whose live figures ``motcua counters`` prints, and the sync consumers of both
-sites and three communes (``motcua sync --node ID`` each, child processes; ``motcua sync
-status`` shows their lag). Displays join as they are built. Ctrl-C (SIGINT) or SIGTERM
-stops everything in reverse order of start.
+2025, an office hour per minute by default), a stream worker (``motcua streams``, a child
+process) whose live figures ``motcua counters`` prints, the wall boards (``motcua display``,
+a child process; it prints their URL), and the sync consumers of both sites and three
+communes (``motcua sync --node ID`` each, child processes; ``motcua sync status`` shows
+their lag). Ctrl-C (SIGINT) or SIGTERM stops everything in reverse order of start.
 
 The embedded broker keeps nothing across restarts, while the node store does: on start with
 a fresh embedded broker every stored event is marked unpublished, so the relay rebuilds the
@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from infra.broker import EmbeddedBroker, die_with_parent
 from infra.cli.bootstrap import open_replica, provision, replica_exists
+from infra.cli.display import board_url
 from infra.kafka.cluster import KafkaCluster, lib_dir
 from infra.process import Loop, StopSignals
 from infra.settings import Settings
@@ -121,6 +122,10 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         stack.callback(_stop_child, worker)
         say(f"streams: worker pid {worker.pid}, store {settings.streams_store_url}, log "
             f"{settings.data_dir / 'log' / 'streams.log'}; `motcua counters` prints its figures")
+        display = _start_child(settings, bootstrap, "display", ["display"])
+        stack.callback(_stop_child, display)
+        say(f"display: wall boards at {board_url(settings.display_host, settings.display_port)}"
+            f" (pid {display.pid}, log {settings.data_dir / 'log' / 'display.log'})")
         syncs: dict[str, subprocess.Popen[bytes]] = {}
         for node in [get_node(n).id for n in settings.sync_node_ids]:  # unknown: stop here
             syncs[node] = _start_child(settings, bootstrap, f"sync-{node}",
@@ -144,7 +149,8 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
                 f"speed {pace}")
         say("motcua is up; press Ctrl-C to stop")
         name = signals.wait(lambda: say(_progress(sim, relay, engine, worker, settings)
-                                        + "; " + _sync_status(syncs, settings)),
+                                        + "; " + _sync_status(syncs, settings)
+                                        + _display_status(display, settings)),
                             watch=lambda: _broker_gone(broker, cluster))
         if name.startswith("error:"):
             say(f"{name}; stopping")
@@ -269,6 +275,13 @@ def _streams_status(worker: subprocess.Popen[bytes], settings: Settings) -> str:
     except SQLAlchemyError:
         return "streams: store not readable yet"
     return f"streams: {folded:,} records folded, {dead:,} dead letters"
+
+
+def _display_status(display: subprocess.Popen[bytes], settings: Settings) -> str:
+    if display.poll() is None:
+        return ""
+    return (f"; display exited with {display.returncode} (see "
+            f"{settings.data_dir / 'log' / 'display.log'})")
 
 
 def _progress(sim: Simulator | None, relay: Relay, engine: Engine,

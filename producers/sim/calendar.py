@@ -1,19 +1,14 @@
-"""Office time in Hưng Yên's one-stop centres, as the simulator models it (an assumption):
-Monday-Friday 07:30-11:30 and 13:30-17:00, Saturday morning. Local time (+07:00)."""
+"""Office time arithmetic for the simulator; the sessions themselves are schemas/office.py."""
 
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 
 from schemas.events import LOCAL_TZ
+from schemas.office import SATURDAY, SESSIONS, sessions_on
 
-SESSIONS = ((time(7, 30), time(11, 30)), (time(13, 30), time(17, 0)))
-SATURDAY = ((time(7, 30), time(11, 30)),)
-
-
-def sessions_on(day: date) -> tuple[tuple[time, time], ...]:
-    wd = day.weekday()
-    return SESSIONS if wd < 5 else SATURDAY if wd == 5 else ()
+__all__ = ["SATURDAY", "SESSIONS", "add_business_days", "add_office_hours", "at",
+           "open_at_or_after", "sessions_on"]
 
 
 def at(day: date, clock: time) -> datetime:

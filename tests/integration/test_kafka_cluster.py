@@ -16,7 +16,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from infra.broker import kafka_answers
+from infra.broker import free_port, kafka_answers
 from infra.kafka.cluster import KafkaCluster
 from schemas.topics import DOSSIER_EVENTS, REGISTRY
 from tests.conftest import kafka_lib
@@ -141,7 +141,7 @@ def test_up_on_kafka_runs_the_system_and_keeps_the_log_across_restarts(tmp_path:
     data = data_dir_with_jars(tmp_path)
     port = KafkaCluster.free_port_block(2)
     env = cli_env(MOTCUA_DATA_DIR=str(data), MOTCUA_KAFKA_BROKERS="2",
-                  MOTCUA_SYNC_NODES="site-phohien")
+                  MOTCUA_SYNC_NODES="site-phohien", MOTCUA_DISPLAY_PORT=str(free_port()))
     bootstrap = f"127.0.0.1:{port},127.0.0.1:{port + 1}"
     config: dict[str, Any] = {"bootstrap_servers": bootstrap.split(",")}
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kafka.admin import KafkaAdminClient
 from sqlalchemy import select, update
@@ -77,10 +78,12 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     """Broker, topics, keys, store, relay and simulator: dossiers reach the topic, signed
     by their nodes; Ctrl-C stops it all, the broker included."""
     port = free_port()
+    web = free_port()
     proc = subprocess.Popen([*MOTCUA, "up", "--port", str(port), "--speed", "max",
                              "--scale", "0.01"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
-                            env=cli_env(MOTCUA_DATA_DIR=str(tmp_path / "var")))
+                            env=cli_env(MOTCUA_DATA_DIR=str(tmp_path / "var"),
+                                        MOTCUA_DISPLAY_PORT=str(web)))
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -124,6 +127,28 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         worker_pid = int(re.search(r"streams: worker pid (\d+)",  # type: ignore[union-attr]
                                    "\n".join(lines)).group(1))
 
+        # the wall boards: `up` prints where, and the province board climbs with July
+        url = f"http://127.0.0.1:{web}/board/province"
+        shown = next(line for line in lines if line.startswith("display: "))
+        assert shown.startswith(f"display: wall boards at {url} (pid ")
+        display_pid = int(re.search(r"pid (\d+)", shown).group(1))  # type: ignore[union-attr]
+        assert httpx.get(url, timeout=10).status_code == 200
+
+        def on_board() -> int:
+            board = httpx.get(f"http://127.0.0.1:{web}/api/board?board=province",
+                              timeout=10).json()
+            return int(board["month"]["received"])
+        deadline = time.monotonic() + 60
+        low = on_board()
+        while low == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            low = on_board()
+        high = low
+        while high == low and time.monotonic() < deadline:
+            time.sleep(0.5)
+            high = on_board()
+        assert 0 < low < high, "the province board did not climb"
+
         # every replica fills while the simulator runs; `sync status` reads them and the log
         def replicas() -> dict[str, int]:
             out = run_cli("sync", "status", "--json",
@@ -156,15 +181,16 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "SIGINT received; stopping" in rest and rest.rstrip().endswith("stopped")
     assert "Traceback" not in rest
     assert not kafka_answers("127.0.0.1", port), "the broker outlived motcua up"
-    for pid in [worker_pid, *sync_pids]:
+    for pid in [worker_pid, display_pid, *sync_pids]:
         with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)  # the stream worker and the sync consumers went with it
+            os.kill(pid, 0)  # the worker, the display and the sync consumers went with it
 
 
 def test_motcua_up_stops_with_an_error_when_its_broker_dies(tmp_path: Path) -> None:
     proc = subprocess.Popen([*MOTCUA, "up", "--port", str(free_port()), "--no-simulate"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=cli_env(MOTCUA_DATA_DIR=str(tmp_path / "var")))
+                            env=cli_env(MOTCUA_DATA_DIR=str(tmp_path / "var"),
+                                        MOTCUA_DISPLAY_PORT=str(free_port())))
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()

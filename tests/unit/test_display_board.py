@@ -1,0 +1,94 @@
+"""The wall boards' model (consumers/display/board.py) against the batch reading of the
+counters topic that ``motcua counters`` does (schemas/snapshot.py): whatever order, repeats
+and stale partials the topic holds, a board's figures equal ``scope_figures`` over the
+latest partials."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumers.display.board import Boards, UnknownBoard, all_boards, board_id
+from schemas.snapshot import Snapshot, latest, scope_figures
+
+SCOPES = ["province", "commune:11977", "site:site-phohien"]
+DAYS = ["2025-07-01", "2025-07-02", "2025-07-03", "2025-07"]  # the month partial is ignored
+MEASURES = ["received", "received.online", "received.postal", "handled.late",
+            "open.in_progress", "overdue.in_progress", "hotline.calls"]
+
+snapshots = st.builds(
+    Snapshot,
+    scope=st.sampled_from(SCOPES),
+    period=st.sampled_from(DAYS),
+    source=st.tuples(st.just("dossier-events"), st.integers(0, 2)),
+    next_offset=st.integers(0, 50),
+    measures=st.dictionaries(st.sampled_from(MEASURES), st.integers(-5, 40), max_size=5),
+)
+records = st.lists(st.one_of(snapshots.map(lambda s: (s.key.encode(), s.encode())),
+                             st.tuples(st.just(b"junk"), st.binary(max_size=20))),
+                   max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records)
+def test_a_board_sums_the_latest_partials_as_motcua_counters_does(
+        recs: list[tuple[bytes, bytes]]) -> None:
+    boards = Boards()
+    for key, value in recs:
+        boards.apply(key, value)
+    held = latest(recs)
+    for scope in SCOPES:
+        for start, end in ((date(2025, 7, 1), date(2025, 7, 3)),
+                           (date(2025, 7, 2), date(2025, 7, 2))):
+            assert boards.figures(scope, start, end) == scope_figures(held, scope, start, end)
+    assert boards.records == len(recs)
+
+
+def test_a_stale_partial_does_not_roll_a_figure_back() -> None:
+    boards = Boards()
+    new = Snapshot("province", "2025-07-01", ("dossier-events", 0), 10, {"received": 7})
+    old = Snapshot("province", "2025-07-01", ("dossier-events", 0), 4, {"received": 3})
+    boards.apply(new.key.encode(), new.encode())
+    boards.apply(old.key.encode(), old.encode())  # a worker that lost the partition, late
+    day = date(2025, 7, 1)
+    assert boards.figures("province", day, day).received == 7
+
+
+def test_the_board_day_is_the_newest_day_with_a_dossier_received() -> None:
+    boards = Boards()
+    today = date(2026, 11, 30)
+    assert boards.board_day(today) == today  # nothing yet: today, empty
+    for period, measures in (("2025-07-02", {"received": 2}),
+                             # a stock change on a later day (an overdue date ahead) is no
+                             # dossier received: the board's day stays
+                             ("2025-07-20", {"overdue.in_progress": 1}),
+                             ("2025-07-01", {"received": 5})):
+        snap = Snapshot("province", period, ("dossier-events", 0), 1, measures)
+        boards.apply(snap.key.encode(), snap.encode())
+    assert boards.board_day(today) == date(2025, 7, 2)
+    view = boards.view(board_id("province"), today)
+    assert view["meta"]["day"] == "2025-07-02" and view["meta"]["is_today"] is False
+    assert view["today"]["received"] == 2 and view["month"]["received"] == 7
+    assert view["chart"]["online"][:3] == [0, 0, None]  # nothing after the board's day
+    assert len(view["ranking"]["on_time"]) == 104
+
+
+@pytest.mark.parametrize("name", ["province", "site/site-phohien", "commune/11977",
+                                  "commune:11977", "site:site-thaibinh"])
+def test_boards_are_named_by_the_reference_nodes(name: str) -> None:
+    assert board_id(name).name == name.replace(":", "/")
+
+
+@pytest.mark.parametrize("name", ["", "provinces", "commune/99999", "site/11977",
+                                  "commune/site-phohien", "province/11977", "site/"])
+def test_an_unknown_board_is_refused_with_what_exists(name: str) -> None:
+    with pytest.raises(UnknownBoard, match="use province, site/<id>"):
+        board_id(name)
+
+
+def test_there_is_a_board_for_the_province_each_site_and_each_commune() -> None:
+    names = [b.name for b in all_boards()]
+    assert len(names) == 1 + 2 + 104 and len(set(names)) == len(names)
