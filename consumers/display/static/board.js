@@ -95,7 +95,9 @@
     const h = el("header");
     h.append(el("h2", null, title));
     if (cls !== "wide") {
-      h.append(el("span", "col", dayName(data.meta)), el("span", "col", monthName(data.meta.month)));
+      const [, m, d] = data.meta.day.split("-");
+      h.append(el("span", "col", data.meta.is_today ? T.today : `${d}/${m}`),
+               el("span", "col", `${T.month} ${Number(m)}`));
     }
     t.append(h);
     return t;
@@ -226,9 +228,9 @@
         ol.append(li);
       });
       col.append(ol);
-      col.append(el("h3", null, `5 ${T.highest}`));
+      col.append(el("h3", null, `3 ${T.highest}`));
       const top = el("ol", "highest");
-      rows.slice(-5).reverse().forEach((r) => {
+      rows.slice(-3).reverse().forEach((r) => {
         const li = el("li");
         li.append(el("span", "name", r.name), el("span", "rate", pct(r[field])));
         top.append(li);
