@@ -87,15 +87,30 @@ class Hub:
         self.stale: set[str] = set()  # boards whose cached view is out of date
 
     def current(self, board: BoardId) -> tuple[int, dict[str, Any]]:
-        """(position, whole view) of a board, recomputed if out of date."""
+        """(position, whole view) of a board, recomputed if out of date. The cached view of
+        a watched board is the broadcaster's alone to replace: it is what the next change
+        is computed against, so a view computed here for a newcomer is not stored."""
+        with self.lock:
+            self._absorb_changes()
         cached = self.views.get(board.name)
-        if cached is None or board.name in self.stale:
-            with self.lock:
-                self._absorb_changes()
-                cached = (self.boards.records, self.boards.view(board, _today()))
-            self.views[board.name] = cached
+        if cached is not None and board.name not in self.stale:
+            return cached
+        with self.lock:
+            fresh = (self.boards.records, self.boards.view(board, _today()))
+        if cached is None or not self.subscribers.get(board.name):
+            self.views[board.name] = fresh
             self.stale.discard(board.name)
-        return cached
+        return fresh
+
+    def _refresh(self, board: BoardId) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        """The broadcaster's recomputation: (position, view, sections changed since the
+        cached view), which becomes the cached view."""
+        old = self.views.get(board.name, (0, {}))[1]
+        with self.lock:
+            position, view = self.boards.records, self.boards.view(board, _today())
+        self.views[board.name] = (position, view)
+        self.stale.discard(board.name)
+        return position, view, {k: v for k, v in view.items() if old.get(k) != v}
 
     def subscribe(self, board: BoardId) -> asyncio.Queue[tuple[int, dict[str, Any]] | None]:
         queue: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue(QUEUE)
@@ -129,9 +144,7 @@ class Hub:
             with self.lock:
                 self._absorb_changes()
             for name in [n for n in self.stale if self.subscribers.get(n)]:
-                old = self.views.get(name, (0, {}))[1]
-                position, view = self.current(board_id(name))
-                diff = {k: v for k, v in view.items() if old.get(k) != v}
+                position, _view, diff = self._refresh(board_id(name))
                 if not diff:
                     continue
                 for queue in list(self.subscribers[name]):

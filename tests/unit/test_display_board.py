@@ -5,12 +5,16 @@ latest partials."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import date
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumers.display.app import Hub
 from consumers.display.board import Boards, UnknownBoard, all_boards, board_id
 from schemas.snapshot import Snapshot, latest, scope_figures
 
@@ -92,3 +96,29 @@ def test_an_unknown_board_is_refused_with_what_exists(name: str) -> None:
 def test_there_is_a_board_for_the_province_each_site_and_each_commune() -> None:
     names = [b.name for b in all_boards()]
     assert len(names) == 1 + 2 + 104 and len(set(names)) == len(names)
+
+
+def test_a_newcomer_does_not_swallow_the_change_the_others_are_owed() -> None:
+    """A board watched by one client moves; a second client connects before the
+    broadcaster runs and is given the new board. The first must still be sent the change
+    (the second's view must not become the baseline the change is computed against)."""
+    async def scenario() -> dict[str, Any] | None:
+        boards, lock = Boards(), threading.Lock()
+        hub = Hub(boards, lock)
+        board = board_id("province")
+        first = hub.subscribe(board)
+        hub.current(board)  # the first client's whole board
+        moved = Snapshot("province", "2025-07-01", ("dossier-events", 0), 3, {"received": 3})
+        with lock:
+            boards.apply(moved.key.encode(), moved.encode())
+        second = hub.subscribe(board)
+        assert hub.current(board)[1]["month"]["received"] == 3  # the newcomer's board
+        task = asyncio.create_task(hub.run(0.01))
+        try:
+            item = await asyncio.wait_for(first.get(), 5)
+        finally:
+            task.cancel()
+        hub.unsubscribe(board, second)
+        return None if item is None else item[1]
+    change = asyncio.run(scenario())
+    assert change is not None and change["month"]["received"] == 3
