@@ -54,7 +54,8 @@ class Feed:
                 delay = min(delay * 2, 10.0)
 
     def _tail(self, stop: threading.Event) -> None:
-        consumer = log_reader(self.kafka_config, fetch_wait_ms=100)
+        # a short fetch wait: a board is as fresh as this read (one consumer: cheap)
+        consumer = log_reader(self.kafka_config, fetch_wait_ms=20)
         try:
             tps: list[TopicPartition] = []
             while not tps and not stop.is_set():

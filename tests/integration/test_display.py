@@ -116,8 +116,11 @@ def display(kafka_config: dict[str, Any], prefix: str) -> Iterator[Callable[...,
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """One chromium for this module. Not for the session: Playwright's sync API keeps an
+    event loop running on the main thread while it is open, and asyncio.run() (aiokafka's
+    probe in later tests) refuses to start beside it."""
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium "
                     "(.ci/services.sh)")
