@@ -242,17 +242,13 @@ class Relay:
         acknowledged but not yet marked are not sent again meanwhile (``_next_rows``)."""
         if not self._acked:
             return 0
-        if wait or time.monotonic() - self._acked_since > MAX_DEFER:
+        waits = wait or time.monotonic() - self._acked_since > MAX_DEFER
+        with self.engine.begin() if waits else writer_if_free(self.engine) as conn:
+            if conn is None:
+                self.stats.deferred_marks += 1
+                return 0
             marks, self._acked = self._acked, []
-            with self.engine.begin() as conn:
-                _mark(conn, marks)
-        else:
-            with writer_if_free(self.engine) as conn:
-                if conn is None:
-                    self.stats.deferred_marks += 1
-                    return 0
-                marks, self._acked = self._acked, []
-                _mark(conn, marks)
+            _mark(conn, marks)
         self._acked_keys.clear()
         return len(marks)
 

@@ -4,9 +4,7 @@ simulator paces its days by it; a wall board only raises the alarm on silence wi
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
-
-from schemas.events import LOCAL_TZ
+from datetime import date, time
 
 SESSIONS = ((time(7, 30), time(11, 30)), (time(13, 30), time(17, 0)))
 SATURDAY = ((time(7, 30), time(11, 30)),)
@@ -15,12 +13,6 @@ SATURDAY = ((time(7, 30), time(11, 30)),)
 def sessions_on(day: date) -> tuple[tuple[time, time], ...]:
     wd = day.weekday()
     return SESSIONS if wd < 5 else SATURDAY if wd == 5 else ()
-
-
-def is_open(moment: datetime) -> bool:
-    """True while the centres are open at ``moment`` (an aware datetime)."""
-    local = moment.astimezone(LOCAL_TZ)
-    return any(start <= local.time() < end for start, end in sessions_on(local.date()))
 
 
 def week_sessions() -> list[list[list[str]]]:

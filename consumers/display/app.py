@@ -95,22 +95,23 @@ class Hub:
         cached = self.views.get(board.name)
         if cached is not None and board.name not in self.stale:
             return cached
-        with self.lock:
-            fresh = (self.boards.records, self.boards.view(board, _today()))
+        fresh = self._compute(board)
         if cached is None or not self.subscribers.get(board.name):
             self.views[board.name] = fresh
             self.stale.discard(board.name)
         return fresh
 
-    def _refresh(self, board: BoardId) -> tuple[int, dict[str, Any], dict[str, Any]]:
-        """The broadcaster's recomputation: (position, view, sections changed since the
-        cached view), which becomes the cached view."""
-        old = self.views.get(board.name, (0, {}))[1]
+    def _compute(self, board: BoardId) -> tuple[int, dict[str, Any]]:
         with self.lock:
-            position, view = self.boards.records, self.boards.view(board, _today())
-        self.views[board.name] = (position, view)
+            return self.boards.records, self.boards.view(board, _today())
+
+    def _refresh(self, board: BoardId) -> tuple[int, dict[str, Any]]:
+        """The broadcaster's recomputation: (position, sections changed since the cached
+        view); the new view becomes the cached one."""
+        old = self.views.get(board.name, (0, {}))[1]
+        position, view = self.views[board.name] = self._compute(board)
         self.stale.discard(board.name)
-        return position, view, {k: v for k, v in view.items() if old.get(k) != v}
+        return position, {k: v for k, v in view.items() if old.get(k) != v}
 
     def subscribe(self, board: BoardId) -> asyncio.Queue[tuple[int, bytes] | None]:
         queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(QUEUE)
@@ -144,7 +145,7 @@ class Hub:
             with self.lock:
                 self._absorb_changes()
             for name in [n for n in self.stale if self.subscribers.get(n)]:
-                position, _view, diff = self._refresh(board_id(name))
+                position, diff = self._refresh(board_id(name))
                 if not diff:
                     continue
                 # one SSE frame for every subscriber: dumping a province board's change per
