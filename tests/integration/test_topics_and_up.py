@@ -141,11 +141,11 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         # at scale 0.01 the simulator may be done by now, so the board is checked against
         # `motcua counters` (the same topic), not for a climb it may have finished
         deadline = time.monotonic() + 60
-        shown, printed = on_board(), received()
-        while (shown == 0 or shown != printed) and time.monotonic() < deadline:
+        board, printed = on_board(), received()
+        while (board == 0 or board != printed) and time.monotonic() < deadline:
             time.sleep(0.5)
-            shown, printed = on_board(), received()
-        assert 0 < shown == printed, f"board {shown}, motcua counters {printed}"
+            board, printed = on_board(), received()
+        assert 0 < board == printed, f"board {board}, motcua counters {printed}"
 
         # every replica fills while the simulator runs; `sync status` reads them and the log
         def replicas() -> dict[str, int]:
