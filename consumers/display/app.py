@@ -251,11 +251,18 @@ def create_app(config: DisplayConfig) -> Starlette:
                                           id=str(position), retry=RETRY_MS)
                 yield ServerSentEvent(json.dumps(status()), event="status", retry=RETRY_MS)
                 sent = position
+                status_due = time.monotonic() + config.status_every
                 while True:
-                    try:
-                        item = await asyncio.wait_for(queue.get(), config.status_every)
-                    except TimeoutError:
+                    # status on its own clock: a board whose changes never pause (a busy
+                    # day) must still learn how fresh they are
+                    wait = status_due - time.monotonic()
+                    if wait <= 0:
                         yield ServerSentEvent(json.dumps(status()), event="status")
+                        status_due = time.monotonic() + config.status_every
+                        continue
+                    try:
+                        item = await asyncio.wait_for(queue.get(), wait)
+                    except TimeoutError:
                         continue
                     if item is None:  # it fell behind: the whole board
                         sent, view = hub.current(board)
