@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 import orjson
 
@@ -30,6 +30,9 @@ class Snapshot:
     measures: dict[str, int]
     worker: str = ""
     published_at: str = ""
+    #: the newest event time (UTC, ISO 8601, ms) among the events that moved this partial
+    #: since the key was last published ("" if unknown: a mark from an older worker)
+    as_of: str = ""
 
     @property
     def key(self) -> str:
@@ -42,7 +45,15 @@ class Snapshot:
             "source": {"topic": self.source[0], "partition": self.source[1],
                        "next_offset": self.next_offset},
             "measures": self.measures, "worker": self.worker,
-            "published_at": self.published_at})
+            "published_at": self.published_at, "as_of": self.as_of or None})
+
+
+def event_time(epoch_ms: int | None) -> str:
+    """An event time as snapshots carry it: UTC, ISO 8601 to the millisecond, one format so
+    that later times compare greater as strings ("" for None)."""
+    if epoch_ms is None:
+        return ""
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def parse(value: bytes | None) -> Snapshot | None:
@@ -57,7 +68,8 @@ def parse(value: bytes | None) -> Snapshot | None:
                         (str(source["topic"]), int(source["partition"])),
                         int(source["next_offset"]),
                         {str(k): int(v) for k, v in body["measures"].items()},
-                        str(body.get("worker", "")), str(body.get("published_at", "")))
+                        str(body.get("worker", "")), str(body.get("published_at", "")),
+                        str(body.get("as_of") or ""))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 

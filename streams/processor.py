@@ -84,6 +84,9 @@ class Batch:
     touched: dict[tuple[str, str], Subject] = field(default_factory=dict)
     deltas: dict[TP, dict[CounterKey, int]] = field(default_factory=dict)
     links: list[tuple[str, int, str, str, str]] = field(default_factory=list)  # chain rows
+    #: tp -> (scope, period) -> the newest event time (epoch ms) among the events that
+    #: moved the partial: the snapshot's "as of"
+    as_of: dict[TP, dict[tuple[str, str], int]] = field(default_factory=dict)
 
 
 class Processor:
@@ -203,10 +206,14 @@ class Processor:
         kinds = self.kinds
         items = []
         partition_of: dict[tuple[str, str], int] = {}
+        newest: dict[tuple[str, str], float] = {}  # subject -> its newest event time, s
         for r, e in accepted:
             key = (kinds[r.topic], e.dossier_id)
             items.append((key, e, r.value or b""))
             partition_of[key] = r.partition
+            at = e.occurred_at.timestamp()
+            if at > newest.get(key, -1e18):
+                newest[key] = at
         self._restore(partition_of)
         batch.touched, deltas = self.projector.project(items)
         for key, delta in deltas.items():
@@ -214,6 +221,11 @@ class Processor:
             into = batch.deltas.setdefault(tp, {})
             for ck, v in delta.items():
                 into[ck] = into.get(ck, 0) + v
+            at_ms = int(newest[key] * 1000)
+            as_of = batch.as_of.setdefault(tp, {})
+            for scope, period, _ in delta:
+                if at_ms > as_of.get((scope, period), -1 << 62):
+                    as_of[(scope, period)] = at_ms
         return batch
 
     def _restore(self, partition_of: Mapping[tuple[str, str], int]) -> None:
@@ -309,7 +321,7 @@ class Processor:
                 counters=[(tp[0], tp[1], k[0], k[1], k[2], v)
                           for tp, delta in batch.deltas.items() for k, v in delta.items() if v],
                 links=batch.links,
-                marks=[(tp[0], tp[1], s, p, version)
+                marks=[(tp[0], tp[1], s, p, version, batch.as_of.get(tp, {}).get((s, p)))
                        for tp, keys in changed.items() for s, p in keys])
         except BaseException:
             self.forget()  # the projection ran ahead of the store: drop it

@@ -56,9 +56,13 @@ _UPSERTS = {
                 "DO UPDATE SET value = stream_counters.value + excluded.value",
     "chain": "INSERT INTO stream_chain (origin, origin_seq, hash, prev_hash, event_id) "
              "VALUES (?, ?, ?, ?, ?)",
-    "dirty": "INSERT INTO stream_dirty (topic, partition, scope, period, version) "
-             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic, partition, scope, period) "
-             "DO UPDATE SET version = excluded.version",
+    # as_of keeps the newest of the mark's and the batch's (CASE: SQLite has max(a, b),
+    # PostgreSQL GREATEST; both have CASE)
+    "dirty": "INSERT INTO stream_dirty (topic, partition, scope, period, version, as_of) "
+             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition, scope, period) "
+             "DO UPDATE SET version = excluded.version, as_of = CASE WHEN "
+             "stream_dirty.as_of IS NULL OR excluded.as_of > stream_dirty.as_of "
+             "THEN excluded.as_of ELSE stream_dirty.as_of END",
 }
 
 
@@ -96,6 +100,11 @@ def open_store(engine: Engine) -> bool:
 
 def _open_store_once(engine: Engine) -> bool:
     t.metadata.create_all(engine)
+    if "as_of" not in {c["name"] for c in inspect(engine).get_columns(t.dirty.name)}:
+        # a store from before snapshots carried an event time: marks without one publish
+        # an empty "as of", which the next batch of the key fills
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {t.dirty.name} ADD COLUMN as_of BIGINT")
     with engine.begin() as conn:
         built_by = conn.execute(select(t.meta.c.value).where(t.meta.c.name == "rules")
                                 ).scalar_one_or_none()
@@ -187,11 +196,11 @@ class StreamStore:
               subjects: Sequence[tuple[str, str, int, bytes]],
               counters: Sequence[tuple[str, int, str, str, str, int]],
               links: Sequence[tuple[str, int, str, str, str]],
-              marks: Sequence[tuple[str, int, str, str, int]]) -> None:
+              marks: Sequence[tuple[str, int, str, str, int, int | None]]) -> None:
         """One batch in one transaction: each partition's position moved from start to
         end (with its dead letters), the subjects' events, counter deltas, chain links and
-        snapshot marks. Raises PositionConflict (writing nothing) if another worker moved
-        one of the partitions meanwhile."""
+        snapshot marks (with their newest event time). Raises PositionConflict (writing
+        nothing) if another worker moved one of the partitions meanwhile."""
         with self.engine.begin() as conn:
             for (topic, partition), (start, end) in moves.items():
                 res = conn.execute(_MOVE, {"t": topic, "p": partition, "start": start,
@@ -210,21 +219,22 @@ class StreamStore:
                                          rows if isinstance(rows, list) else list(rows))
 
     def snapshots(self, keys: Iterable[tuple[TP, str, str]]
-                  ) -> list[tuple[tuple[TP, str, str], dict[str, int], int, int]]:
-        """(key, measures, next source offset, mark version) for each (partition, scope,
-        period), read in one transaction so that values, offset and version agree."""
+                  ) -> list[tuple[tuple[TP, str, str], dict[str, int], int, int, int | None]]:
+        """(key, measures, next source offset, mark version, mark's newest event time in
+        epoch ms) for each (partition, scope, period), read in one transaction so that
+        values, offset and version agree."""
         by_tp: dict[TP, list[tuple[str, str]]] = defaultdict(list)
         for tp, scope, period in keys:
             by_tp[tp].append((scope, period))
         c, d = t.counters.c, t.dirty.c
-        out: list[tuple[tuple[TP, str, str], dict[str, int], int, int]] = []
+        out: list[tuple[tuple[TP, str, str], dict[str, int], int, int, int | None]] = []
         with self.engine.connect() as conn:
             for tp, pairs in by_tp.items():
                 offset = conn.execute(select(t.positions.c.next_offset).where(
                     t.positions.c.topic == tp[0], t.positions.c.partition == tp[1])
                 ).scalar_one_or_none() or 0
                 values: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-                versions: dict[tuple[str, str], int] = {}
+                versions: dict[tuple[str, str], tuple[int, int | None]] = {}
                 # scope IN (...) AND period IN (...) walks the primary key; the pairs
                 # not asked for are dropped here
                 wanted = set(pairs)
@@ -242,11 +252,12 @@ class StreamStore:
                         dwhere = (d.topic == tp[0], d.partition == tp[1],
                                   d.scope.in_(scopes[i:i + 200]),
                                   d.period.in_(periods[j:j + 200]))
-                        for v in conn.execute(select(d.scope, d.period, d.version)
+                        for v in conn.execute(select(d.scope, d.period, d.version, d.as_of)
                                               .where(*dwhere)):
-                            versions[(v.scope, v.period)] = int(v.version)
+                            versions[(v.scope, v.period)] = (int(v.version), v.as_of)
                 out.extend(((tp, s, q), {m: v for m, v in values[(s, q)].items() if v},
-                            int(offset), versions.get((s, q), 0)) for s, q in pairs)
+                            int(offset), *versions.get((s, q), (0, None)))
+                           for s, q in pairs)
         return out
 
     def published_many(self, done: Sequence[tuple[TP, str, str, int]]) -> None:

@@ -71,6 +71,8 @@ chain = Table(
 
 #: Snapshots still to publish. Written with the counters they announce, deleted once the
 #: snapshot is acknowledged (only if no later batch touched the key meanwhile: ``version``).
+#: ``as_of``: the newest event time (epoch ms) among the events that moved the partial since
+#: it was last published; the snapshot carries it, and a board's "as of" is the newest.
 dirty = Table(
     "stream_dirty", metadata,
     Column("topic", TOPIC, primary_key=True),
@@ -78,6 +80,7 @@ dirty = Table(
     Column("scope", String(60), primary_key=True),
     Column("period", String(10), primary_key=True),
     Column("version", BigInteger, nullable=False),
+    Column("as_of", BigInteger, nullable=True),
 )
 
 #: What built the store: the counter rules' version (schemas.counters.RULES_VERSION). The

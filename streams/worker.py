@@ -31,7 +31,7 @@ from faust.app.base import BootStrategy
 from infra.broker import free_port
 from infra.db import make_engine
 from schemas.keys import load_registry
-from schemas.snapshot import Snapshot
+from schemas.snapshot import Snapshot, event_time
 from schemas.topics import COUNTERS, DEAD_LETTERS, DOSSIER_EVENTS, HOTLINE_EVENTS
 from streams.processor import (
     CALLS,
@@ -363,11 +363,11 @@ class StreamWorker:
     async def _send_snapshots(self, due: list[SnapshotKey], now: float) -> None:
         stamp = datetime.now(UTC).isoformat()
         sent = []
-        for key, values, next_offset, version in self.processor.store.snapshots(
+        for key, values, next_offset, version, as_of in self.processor.store.snapshots(
                 k for k in due if k[0] in self.assigned):
             tp, scope, period = key
             snap = Snapshot(scope, period, (tp[0].removeprefix(self.prefix), tp[1]),
-                            next_offset, values, self.worker_id, stamp)
+                            next_offset, values, self.worker_id, stamp, event_time(as_of))
             # the producer itself, not Topic.send: faust's per-message wrapping costs more
             # than the message when thousands of partials change at once (a catch-up)
             fut = await self.app.producer.send(

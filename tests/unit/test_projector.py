@@ -95,6 +95,54 @@ def test_only_open_store_empties_a_store_built_by_other_rules(tmp_path: Path) ->
     engine.dispose()
 
 
+def test_snapshots_carry_the_newest_event_time_counted(
+        pool: list[tuple[str, bytes, bytes]], tmp_path: Path) -> None:
+    """A partial's "as of" (what a board shows) is the newest event time among the events
+    that moved it: for the province, at least the newest receipt (every receipt moves it)
+    and no later than the newest event, with the bounds read from the events here."""
+    from datetime import datetime
+
+    import orjson
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    open_store(engine)
+    proc = Processor(engine, TOPICS, None, worker="test")
+    records = _records(pool)
+    for at in range(0, len(records), 97):  # several batches: the marks keep the newest
+        proc.commit(proc.prepare(records[at:at + 97]))
+    keys = proc.store.pending(proc.store.positions())
+    marks = proc.store.snapshots(keys)
+    engine.dispose()
+    province = max(as_of for (_, scope, _), _, _, _, as_of in marks
+                   if scope == "province" and as_of is not None)
+    events = [orjson.loads(v) for _, _, v in pool]
+    times = [int(datetime.fromisoformat(e["occurred_at"]).timestamp() * 1000) for e in events]
+    newest_receipt = max(t for e, t in zip(events, times, strict=True)
+                         if e["type"] == "dossier.received")
+    assert newest_receipt <= province <= max(times)
+    assert all(as_of is not None for *_, as_of in marks)
+
+
+def test_a_store_from_before_event_times_gains_the_column_and_keeps_its_marks(
+        tmp_path: Path) -> None:
+    from sqlalchemy import inspect, text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    open_store(engine)
+    with engine.begin() as conn:  # the table as an older worker made it, with a mark
+        conn.execute(text("DROP TABLE stream_dirty"))
+        conn.execute(text("CREATE TABLE stream_dirty (topic VARCHAR(200), partition INTEGER, "
+                          "scope VARCHAR(60), period VARCHAR(10), version BIGINT NOT NULL, "
+                          "PRIMARY KEY (topic, partition, scope, period))"))
+        conn.execute(text("INSERT INTO stream_dirty VALUES ('dossier-events', 0, 'province', "
+                          "'2025-07-01', 7)"))
+    assert open_store(engine) is False  # not emptied: the counters are still right
+    assert "as_of" in {c["name"] for c in inspect(engine).get_columns("stream_dirty")}
+    view = StreamStore(engine)
+    assert view.snapshots([(("dossier-events", 0), "province", "2025-07-01")])[0][3:] == (7, None)
+    engine.dispose()
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
