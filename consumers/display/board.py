@@ -30,6 +30,7 @@ from schemas.snapshot import Snapshot, parse
 
 KINDS = ("province", "site", "commune")
 LOWEST = 10  # communes highlighted at the bottom of each ranking
+HIGHEST = 3  # and shown at its top
 
 
 class UnknownBoard(MotcuaError):
@@ -89,6 +90,7 @@ class Boards:
         #: scope -> (day, measure) -> the sum over source partitions
         self._days: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         self._published: dict[str, str] = {}  # scope -> newest ``published_at`` seen
+        self._as_of: dict[str, str] = {}  # scope -> newest event time counted (``as_of``)
         self._changed: set[str] = set()
         self.records = 0  # records read: the position the boards stand at
         self.skipped = 0  # records that were not snapshots (logged by the feed)
@@ -111,6 +113,8 @@ class Boards:
         self._partials[name] = snap
         if snap.published_at > self._published.get(snap.scope, ""):
             self._published[snap.scope] = snap.published_at
+        if snap.as_of > self._as_of.get(snap.scope, ""):
+            self._as_of[snap.scope] = snap.as_of
         if not is_day(snap.period):
             return True  # boards read day partials only (as ``scope_figures``)
         days = self._days[snap.scope]
@@ -159,7 +163,8 @@ class Boards:
             "meta": {"board": board.name, "kind": board.kind, "title": board.title,
                      "scope": scope, "day": day.isoformat(), "is_today": day == today,
                      "month": first.isoformat()[:7],
-                     "published_at": self._published.get(scope)},
+                     "published_at": self._published.get(scope),
+                     "as_of": self._as_of.get(scope)},
             "today": _figures(day_fig),
             "month": _figures(month_fig),
             "chart": self._chart(scope, first, day),
@@ -182,8 +187,10 @@ class Boards:
                        for d in labels] for c in CHANNELS}}
 
     def _ranking(self, first: date, day: date) -> dict[str, Any]:
-        """Communes by on-time rate and by online rate this month, lowest first (a commune
-        with nothing received yet has no rate and comes last)."""
+        """Communes by on-time rate and by online rate this month: the LOWEST lowest (rank
+        1 = lowest) and the HIGHEST highest of those with a rate, and how many have one.
+        Only what the board shows: the whole list made the province's change 20 kB, sent
+        to every watcher at each update (bench.display)."""
         rows = []
         for node in all_nodes():
             if node.is_site:
@@ -193,11 +200,16 @@ class Boards:
                          "online_rate": _rate(fig.online_rate),
                          "on_time_rate": _rate(fig.on_time_rate)})
 
-        def ranked(field: str) -> list[dict[str, Any]]:
-            return sorted(rows, key=lambda r: (r[field] is None,
-                                               Decimal(r[field] or 0), r["code"]))
+        def ranked(field: str) -> dict[str, Any]:
+            rated = sorted((r for r in rows if r[field] is not None),
+                           key=lambda r: (Decimal(str(r[field])), r["code"]))
+            lowest = [{"rank": i + 1, "code": r["code"], "name": r["name"],
+                       "rate": r[field]} for i, r in enumerate(rated[:LOWEST])]
+            highest = [{"rank": len(rated) - i, "code": r["code"], "name": r["name"],
+                        "rate": r[field]} for i, r in enumerate(reversed(rated))][:HIGHEST]
+            return {"rated": len(rated), "lowest": lowest, "highest": highest}
         return {"on_time": ranked("on_time_rate"), "online": ranked("online_rate"),
-                "lowest": LOWEST}
+                "communes": len(rows)}
 
 
 def _figures(fig: Figures) -> dict[str, Any]:

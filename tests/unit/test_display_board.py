@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from consumers.display.app import Hub
 from consumers.display.board import Boards, UnknownBoard, all_boards, board_id
-from schemas.snapshot import Snapshot, latest, scope_figures
+from schemas.nodes import all_nodes
+from schemas.snapshot import Snapshot, latest, parse, scope_figures
 
 SCOPES = ["province", "commune:11977", "site:site-phohien"]
 DAYS = ["2025-07-01", "2025-07-02", "2025-07-03", "2025-07"]  # the month partial is ignored
@@ -78,7 +79,7 @@ def test_the_board_day_is_the_newest_day_with_a_dossier_received() -> None:
     assert view["meta"]["day"] == "2025-07-02" and view["meta"]["is_today"] is False
     assert view["today"]["received"] == 2 and view["month"]["received"] == 7
     assert view["chart"]["online"][:3] == [0, 0, None]  # nothing after the board's day
-    assert len(view["ranking"]["on_time"]) == 104
+    assert view["ranking"]["communes"] == 104 and view["ranking"]["on_time"]["rated"] == 0
 
 
 @pytest.mark.parametrize("name", ["province", "site/site-phohien", "commune/11977",
@@ -132,3 +133,36 @@ def test_a_newcomer_does_not_swallow_the_change_the_others_are_owed() -> None:
     runner.join(30)
     change = result[0]
     assert change is not None and change["month"]["received"] == 3
+
+
+def test_the_ranking_names_the_lowest_and_highest_communes_by_rate() -> None:
+    """Rates worked out here from the counts given, not by schemas.figures: commune i
+    receives 100 dossiers, i of them online (so its online rate is i%), for 30 communes;
+    the others receive nothing and have no rate."""
+    communes = [n.id for n in all_nodes() if not n.is_site][:30]
+    boards = Boards()
+    for i, code in enumerate(communes, start=1):
+        snap = Snapshot(f"commune:{code}", "2025-07-02", ("dossier-events", i % 3), i,
+                        {"received": 100, "received.online": i, "received.in_person": 100 - i})
+        boards.apply(snap.key.encode(), snap.encode())
+    online = boards.view(board_id("province"), date(2025, 7, 2))["ranking"]["online"]
+    assert online["rated"] == 30
+    assert [(r["rank"], r["code"], r["rate"]) for r in online["lowest"]] == \
+        [(i, communes[i - 1], f"{i}.00") for i in range(1, 11)]
+    assert [(r["rank"], r["code"], r["rate"]) for r in online["highest"]] == \
+        [(30, communes[29], "30.00"), (29, communes[28], "29.00"), (28, communes[27], "28.00")]
+
+
+def test_a_board_is_as_of_the_newest_event_time_its_partials_carry() -> None:
+    boards = Boards()
+    times = ["2025-07-02T01:00:00.000+00:00", "2025-07-02T09:30:00.000+00:00",
+             "2025-07-02T03:00:00.000+00:00"]
+    for i, at in enumerate(times):
+        snap = Snapshot("commune:11977", "2025-07-02", ("dossier-events", i), 1,
+                        {"received": 1}, as_of=at)
+        assert parse(snap.encode()) == snap
+        boards.apply(snap.key.encode(), snap.encode())
+    meta = boards.view(board_id("commune/11977"), date(2025, 7, 2))["meta"]
+    assert meta["as_of"] == "2025-07-02T09:30:00.000+00:00"
+    other = next(n.id for n in all_nodes() if not n.is_site and n.id != "11977")
+    assert boards.view(board_id(f"commune/{other}"), date(2025, 7, 2))["meta"]["as_of"] is None

@@ -23,7 +23,7 @@
       calls: "cuộc gọi", chart: "Hồ sơ tiếp nhận theo ngày", rank_on_time: "Tỷ lệ đúng hạn",
       rank_online: "Tỷ lệ trực tuyến", lowest: "thấp nhất", highest: "cao nhất", others: "xã, phường khác",
       ranking: "Xếp hạng xã, phường trong tháng",
-      updated: (s) => `cập nhật ${s} trước`, asof: "số liệu lúc",
+      updated: (s) => `cập nhật ${s} trước`, asof: "số liệu đến",
       unreachable: "Không kết nối được máy chủ bảng",
       worker: "Bộ xử lý luồng không gửi số liệu", broker: "Máy chủ không đọc được Kafka",
       loading: "Đang tải số liệu…", live: "Trực tiếp", other_lang: "English",
@@ -213,26 +213,25 @@
     h.append(el("h2", null, T.ranking));
     t.append(h);
     const cols = el("div", "cols");
-    for (const [key, field, title] of [["on_time", "on_time_rate", T.rank_on_time],
-                                       ["online", "online_rate", T.rank_online]]) {
-      const rows = data.ranking[key].filter((r) => r[field] !== null);
-      const low = data.ranking.lowest;
+    for (const [key, title] of [["on_time", T.rank_on_time], ["online", T.rank_online]]) {
+      const r = data.ranking[key];
       const col = el("div", "col");
-      col.append(el("h3", null, `${title}: ${low} ${T.lowest}`));
+      col.append(el("h3", null, `${title}: ${r.lowest.length} ${T.lowest}`));
       const ol = el("ol", "lowest");
-      rows.slice(0, low).forEach((r, i) => {
+      r.lowest.forEach((row) => {
         const li = el("li", "low");
-        li.append(el("span", "rank", String(i + 1)), el("span", "name", r.name),
-                  el("span", "rate", pct(r[field])));
-        li.dataset.code = r.code;
+        li.append(el("span", "rank", String(row.rank)), el("span", "name", row.name),
+                  el("span", "rate", pct(row.rate)));
+        li.dataset.code = row.code;
         ol.append(li);
       });
       col.append(ol);
-      col.append(el("h3", null, `3 ${T.highest}`));
+      col.append(el("h3", null, `${r.highest.length} ${T.highest}`));
       const top = el("ol", "highest");
-      rows.slice(-3).reverse().forEach((r) => {
+      r.highest.forEach((row) => {
         const li = el("li");
-        li.append(el("span", "name", r.name), el("span", "rate", pct(r[field])));
+        li.append(el("span", "name", row.name), el("span", "rate", pct(row.rate)));
+        li.dataset.code = row.code;
         top.append(li);
       });
       col.append(top);
@@ -258,6 +257,13 @@
   function localClock(ms) {
     const local = new Date(ms + 7 * 3600e3);
     return local.toISOString().slice(11, 19);
+  }
+  // HH:MM:SS today (Vietnam's time), else with the date: a simulated July shows its day
+  function localStamp(ms, now) {
+    const day = (t) => new Date(t + 7 * 3600e3).toISOString().slice(0, 10);
+    if (day(ms) === day(now)) return localClock(ms);
+    const [y, m, d] = day(ms).split("-");
+    return `${localClock(ms)} ${d}/${m}/${y}`;
   }
   function freshness() {
     const now = Date.now();
@@ -287,9 +293,10 @@
     stateEl.dataset.level = level;
     const updated = age === null ? "" : T.updated(ago(age));
     stateEl.textContent = level === "ok" ? `● ${T.live} · ${updated}` : `▲ ${reason} · ${updated}`;
-    const pub = data.meta.published_at ? new Date(data.meta.published_at).getTime() : null;
+    // "as of": the event time of the newest event counted in this board's scope
+    const asOf = data.meta.as_of ? new Date(data.meta.as_of).getTime() : null;
     const line = (level === "ok" ? "" : "⚠ ") + updated +
-      (pub ? ` · ${T.asof} ${localClock(pub)}` : "");
+      (asOf ? ` · ${T.asof} ${localStamp(asOf, now)}` : "");
     for (const f of document.querySelectorAll("footer.fresh")) {
       f.textContent = line;
       f.dataset.level = level;
