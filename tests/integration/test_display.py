@@ -329,6 +329,13 @@ def test_the_province_board_shows_what_motcua_counters_prints(
         assert page.locator("[data-k='today.online_rate']").inner_text() == \
             vi_rate(printed["online_rate"])
         assert page.locator("#state").get_attribute("data-level") == "ok"
+        # the ranking: the communes the server ranks lowest, in its order, on screen
+        ranking = server.get("/api/board").json()["ranking"]
+        assert ranking["online"]["rated"] >= 10  # a commune with a dossier has a rate
+        for column, key in enumerate(("on_time", "online")):
+            codes = page.locator(".ranking .col").nth(column).locator("ol.lowest li")
+            assert [codes.nth(i).get_attribute("data-code") for i in range(codes.count())] \
+                == [r["code"] for r in ranking[key]["lowest"]]
         english = page.context.new_page()
         english.goto(f"{server.url}/board/province?lang=en")
         english.wait_for_selector("[data-k='today.received']")
