@@ -261,7 +261,10 @@ def create_app(config: DisplayConfig) -> Starlette:
                         status_due = time.monotonic() + config.status_every
                         continue
                     try:
-                        item = await asyncio.wait_for(queue.get(), wait)
+                        # asyncio.timeout, not wait_for: wait_for wraps the get in a task
+                        # of its own, for every message to every client
+                        async with asyncio.timeout(wait):
+                            item = await queue.get()
                     except TimeoutError:
                         continue
                     if item is None:  # it fell behind: the whole board

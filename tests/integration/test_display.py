@@ -465,8 +465,10 @@ def test_a_stopped_stream_worker_turns_the_board_amber_then_red_and_says_why(
         page.wait_for_function("() => document.querySelector('#state').dataset.level === "
                                "'red'", timeout=15_000)
         red_at = time.monotonic() - last_record
-        assert 3.0 <= amber_at < 3.0 + 2.5, f"amber {amber_at:.1f} s after the last record"
-        assert 6.0 <= red_at < 6.0 + 2.5, f"red {red_at:.1f} s after the last record"
+        # 0.2 s: the server reports the silence rounded to 0.1 s, and so does the status
+        # the page counts from; the page judges once a second, the status comes every second
+        assert 3.0 - 0.2 <= amber_at < 3.0 + 2.5, f"amber {amber_at:.1f} s after the last record"
+        assert 6.0 - 0.2 <= red_at < 6.0 + 2.5, f"red {red_at:.1f} s after the last record"
         # the node went on (the relay sent on) but the board holds its last good value,
         # framed and labelled with its age, never as live
         assert committed[0] > int(shown.replace(".", ""))
