@@ -24,14 +24,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
+from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
@@ -56,6 +57,22 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 RETRY_MS = 2000  # a browser's wait before it reconnects by itself
 HEARTBEAT_S = 15.0
 QUEUE = 64  # changes held for a slow client; past that it gets the whole board again
+BEHIND = None  # in a client's inbox: it fell behind, send the whole board
+CLOSE = -1  # in a client's inbox: end the stream
+Inbox = asyncio.Queue[tuple[int, bytes] | None | int]
+
+
+def _replace(queue: Inbox, item: int | None) -> None:
+    """Empty ``queue`` and leave ``item`` alone in it (an end already asked for stays)."""
+    while not queue.empty():
+        if queue.get_nowait() == CLOSE:
+            item = CLOSE
+    queue.put_nowait(item)
+
+
+def close(queue: Inbox) -> None:
+    """Tell the stream reading ``queue`` to end."""
+    _replace(queue, CLOSE)
 
 
 @dataclass(frozen=True)
@@ -78,13 +95,17 @@ class Hub:
     """Board views and their subscribers. Views are recomputed only for boards someone
     watches, when their scopes moved; each subscriber gets the sections that changed."""
 
-    def __init__(self, boards: Boards, lock: threading.Lock) -> None:
+    def __init__(self, boards: Boards, lock: threading.Lock,
+                 stopping: Callable[[], bool] = lambda: AppStatus.should_exit) -> None:
         self.boards = boards
         self.lock = lock
+        # SIGTERM: sse-starlette's hook on uvicorn's exit handler notes it process-wide
+        self.stopping = stopping
         self.views: dict[str, tuple[int, dict[str, Any]]] = {}
-        self.subscribers: dict[str, set[asyncio.Queue[tuple[int, bytes] | None]]] = {}
+        self.subscribers: dict[str, set[Inbox]] = {}
         self.wake = asyncio.Event()
         self.stale: set[str] = set()  # boards whose cached view is out of date
+        self.closing = False  # the server is stopping: every stream ends
 
     def current(self, board: BoardId) -> tuple[int, dict[str, Any]]:
         """(position, whole view) of a board, recomputed if out of date. The cached view of
@@ -113,14 +134,21 @@ class Hub:
         self.stale.discard(board.name)
         return position, {k: v for k, v in view.items() if old.get(k) != v}
 
-    def subscribe(self, board: BoardId) -> asyncio.Queue[tuple[int, bytes] | None]:
-        queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(QUEUE)
+    def subscribe(self, board: BoardId) -> Inbox:
+        queue: Inbox = asyncio.Queue(QUEUE)
         self.subscribers.setdefault(board.name, set()).add(queue)
+        if self.closing:
+            close(queue)
         return queue
 
-    def unsubscribe(self, board: BoardId,
-                    queue: asyncio.Queue[tuple[int, bytes] | None]) -> None:
+    def unsubscribe(self, board: BoardId, queue: Inbox) -> None:
         self.subscribers.get(board.name, set()).discard(queue)
+
+    def _close_all(self) -> None:
+        self.closing = True
+        for queues in self.subscribers.values():
+            for queue in queues:
+                close(queue)
 
     @property
     def clients(self) -> int:
@@ -137,11 +165,17 @@ class Hub:
                 self.stale.add(name)
 
     async def run(self, tick: float) -> None:
-        """Push each watched board's changed sections to its subscribers."""
+        """Push each watched board's changed sections to its subscribers; end every
+        stream when the server stops."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), tick)
+                async with asyncio.timeout(tick):
+                    await self.wake.wait()
             self.wake.clear()
+            if not self.closing and self.stopping():
+                # uvicorn waits for open responses before it stops, and an event stream
+                # never ends by itself
+                self._close_all()
             with self.lock:
                 self._absorb_changes()
             for name in [n for n in self.stale if self.subscribers.get(n)]:
@@ -156,9 +190,7 @@ class Hub:
                     try:
                         queue.put_nowait((position, frame))
                     except asyncio.QueueFull:  # a slow client: the whole board, later
-                        while not queue.empty():
-                            queue.get_nowait()
-                        queue.put_nowait(None)
+                        _replace(queue, BEHIND)
             await asyncio.sleep(0)
 
 
@@ -234,54 +266,6 @@ def create_app(config: DisplayConfig) -> Starlette:
                 '<script src="/static/board.js"></script>')
         return HTMLResponse(_page(board.title, body, lang=lang, attrs=attrs))
 
-    async def events(request: Request) -> Response:
-        try:
-            board = board_id(request.query_params.get("board", "province"))
-        except UnknownBoard as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        hub: Hub = state["hub"]
-        last = request.headers.get("last-event-id") or request.query_params.get("last")
-        queue = hub.subscribe(board)
-
-        async def stream() -> AsyncIterator[ServerSentEvent | bytes]:
-            try:
-                position, view = hub.current(board)
-                if last != str(position):
-                    yield ServerSentEvent(json.dumps(view, ensure_ascii=False), event="board",
-                                          id=str(position), retry=RETRY_MS)
-                yield ServerSentEvent(json.dumps(status()), event="status", retry=RETRY_MS)
-                sent = position
-                status_due = time.monotonic() + config.status_every
-                while True:
-                    # status on its own clock: a board whose changes never pause (a busy
-                    # day) must still learn how fresh they are
-                    wait = status_due - time.monotonic()
-                    if wait <= 0:
-                        yield ServerSentEvent(json.dumps(status()), event="status")
-                        status_due = time.monotonic() + config.status_every
-                        continue
-                    try:
-                        # asyncio.timeout, not wait_for: wait_for wraps the get in a task
-                        # of its own, for every message to every client
-                        async with asyncio.timeout(wait):
-                            item = await queue.get()
-                    except TimeoutError:
-                        continue
-                    if item is None:  # it fell behind: the whole board
-                        sent, view = hub.current(board)
-                        yield ServerSentEvent(json.dumps(view, ensure_ascii=False),
-                                              event="board", id=str(sent))
-                    elif item[0] > sent:  # the frame, encoded once for all
-                        sent = item[0]
-                        yield item[1]
-            finally:
-                hub.unsubscribe(board, queue)
-
-        return EventSourceResponse(
-            stream(), ping=HEARTBEAT_S,
-            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", retry=RETRY_MS),
-            headers={"Cache-Control": "no-store"})
-
     async def api_board(request: Request) -> JSONResponse:
         try:
             board = board_id(request.query_params.get("board", "province"))
@@ -320,7 +304,7 @@ def create_app(config: DisplayConfig) -> Starlette:
     routes = [
         Route("/", index),
         Route("/board/{name:path}", board_page),
-        Route("/events", events),
+        Route("/events", EventStream(state, config, status)),
         Route("/api/board", api_board),
         Route("/api/figures", api_figures),
         Route("/healthz", healthz),
@@ -330,6 +314,95 @@ def create_app(config: DisplayConfig) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan,
                      middleware=[Middleware(SecurityHeaders)],
                      exception_handlers={404: not_found})
+
+
+class EventStream:
+    """``GET /events?board=…``: server-sent events, as plain ASGI.
+
+    sse-starlette's response (an anyio cancel scope and task group per stream, a cancel
+    scope per message) cost more than the rest of the server with 1,000 boards open
+    (bench.display): this writes the hub's frame, encoded once (sse-starlette's
+    ``ServerSentEvent``), straight to each client. The first message is the whole board
+    unless the client's ``Last-Event-ID`` (or ``?last=``) is the current position; then
+    changes; ``status`` every ``status_every`` s; a comment heartbeat every 15 s."""
+
+    def __init__(self, state: dict[str, Any], config: DisplayConfig,
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self.state = state
+        self.config = config
+        self.status = status
+
+    def _status(self, retry: bool = False) -> bytes:
+        return ServerSentEvent(json.dumps(self.status()), event="status",
+                               retry=RETRY_MS if retry else None).encode()
+
+    @staticmethod
+    def _board(position: int, view: dict[str, Any], retry: bool = False) -> bytes:
+        return ServerSentEvent(json.dumps(view, ensure_ascii=False), event="board",
+                               id=str(position), retry=RETRY_MS if retry else None).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        try:
+            board = board_id(request.query_params.get("board", "province"))
+        except UnknownBoard as exc:
+            await JSONResponse({"error": str(exc)}, status_code=404)(scope, receive, send)
+            return
+        hub: Hub = self.state["hub"]
+        last = request.headers.get("last-event-id") or request.query_params.get("last")
+        queue = hub.subscribe(board)
+
+        async def watch() -> None:  # the client went away: end the stream
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            close(queue)
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")]})
+            position, view = hub.current(board)
+            first = self._board(position, view, retry=True) if last != str(position) else b""
+            await self._send(send, first + self._status(retry=True))
+            sent = position
+            now = time.monotonic()
+            status_due, ping_due = now + self.config.status_every, now + HEARTBEAT_S
+            while True:
+                now = time.monotonic()
+                if now >= status_due:
+                    await self._send(send, self._status())
+                    status_due = now + self.config.status_every
+                if now >= ping_due:
+                    await self._send(send, PING)
+                    ping_due = now + HEARTBEAT_S
+                try:
+                    # asyncio.timeout, not wait_for: wait_for wraps the get in a task of
+                    # its own, for every message to every client
+                    async with asyncio.timeout(min(status_due, ping_due) - now):
+                        item = await queue.get()
+                except TimeoutError:
+                    continue
+                if item == CLOSE:
+                    break
+                if item is BEHIND:  # it fell behind: the whole board
+                    sent, view = hub.current(board)
+                    await self._send(send, self._board(sent, view))
+                elif isinstance(item, tuple) and item[0] > sent:
+                    sent = item[0]
+                    await self._send(send, item[1])
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the connection broke under a write
+            pass
+        finally:
+            watcher.cancel()
+            hub.unsubscribe(board, queue)
+
+    @staticmethod
+    async def _send(send: Send, data: bytes) -> None:
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+PING = ServerSentEvent(comment="heartbeat", retry=RETRY_MS).encode()
 
 
 class SecurityHeaders:

@@ -44,8 +44,10 @@ def cmd_display(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         reload_hours=args.reload_hours if args.reload_hours is not None
         else settings.display_reload_hours))
     say(f"display: boards at {board_url(host, port)} (all boards: http://{host}:{port}/)")
+    # the event streams end on SIGTERM (the hub closes them); 2 s is the backstop after
+    # which uvicorn cancels whatever is still open
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                  access_log=False)).run()
+                                  access_log=False, timeout_graceful_shutdown=2)).run()
     return 0
 
 

@@ -266,6 +266,43 @@ def test_bad_input_gets_a_clear_answer_and_garbage_on_the_topic_is_skipped(
     assert '<script src="/static/board.js">' in page.text
 
 
+def test_stopping_the_server_ends_every_open_stream_cleanly(
+        kafka_config: dict[str, Any], prefix: str,
+        display: Callable[..., DisplayServer]) -> None:
+    """SIGTERM: the hub ends each event stream with the proper end of its body, at once.
+    uvicorn waits for open responses before it stops; without that it would cut them
+    after its grace period (1 s here), which a client sees as a broken read."""
+    produce(kafka_config, prefix, [snapshot_record("province", "2025-07-01", 0, 5,
+                                                   {"received": 1})])
+    server = display()
+    server.wait_caught_up(1)
+    outcomes: list[str] = []
+    opened = threading.Barrier(4)
+
+    def listen(board: str) -> None:
+        try:
+            with httpx.stream("GET", f"{server.url}/events?board={board}",
+                              timeout=30) as response:
+                opened.wait(10)
+                for _ in response.iter_lines():
+                    pass
+            outcomes.append("ended")
+        except httpx.HTTPError as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+    listeners = [threading.Thread(target=listen, args=(b,), daemon=True)
+                 for b in ("province", "province", f"commune/{COMMUNE}")]
+    for thread in listeners:
+        thread.start()
+    opened.wait(10)
+    started = time.monotonic()
+    server.stop()
+    took = time.monotonic() - started
+    for thread in listeners:
+        thread.join(10)
+    assert outcomes == ["ended"] * 3, outcomes
+    assert took < 0.9, f"stopping took {took:.2f} s: the streams waited for the grace period"
+
+
 def test_the_server_listens_on_loopback_unless_told_otherwise() -> None:
     from infra.settings import Settings
 

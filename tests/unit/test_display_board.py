@@ -106,7 +106,7 @@ def test_a_newcomer_does_not_swallow_the_change_the_others_are_owed() -> None:
     (the second's view must not become the baseline the change is computed against)."""
     async def scenario() -> dict[str, Any] | None:
         boards, lock = Boards(), threading.Lock()
-        hub = Hub(boards, lock)
+        hub = Hub(boards, lock, stopping=lambda: False)  # not the process-wide SIGTERM flag
         board = board_id("province")
         first = hub.subscribe(board)
         hub.current(board)  # the first client's whole board
@@ -121,7 +121,7 @@ def test_a_newcomer_does_not_swallow_the_change_the_others_are_owed() -> None:
         finally:
             task.cancel()
         hub.unsubscribe(board, second)
-        if item is None:
+        if not isinstance(item, tuple):  # the whole board again, or an end
             return None
         data = [line[6:] for line in item[1].decode().splitlines() if line.startswith("data: ")]
         return dict(json.loads("\n".join(data)))
