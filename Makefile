@@ -33,11 +33,14 @@ lint: install
 bench: install  ## benchmarks; results go in docs/benchmarks.md by hand, with the command
 	$(BIN)/python -m bench.codec
 	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.engine_stages
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.streams_latency
 	$(BIN)/python -m bench.sync_apply
 	$(BIN)/python -m bench.sync_latency
 	$(BIN)/python -m bench.brokers_compare
+	$(BIN)/python -m bench.display
+	$(BIN)/python -m bench.display_browser
 
 install: $(STAMP)
 
