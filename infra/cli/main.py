@@ -14,6 +14,7 @@ from types import FrameType
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from infra.broker import EmbeddedBroker
+from infra.cli import audit as audit_cli
 from infra.cli import display as display_cli
 from infra.cli import kafka as kafka_cli
 from infra.cli import producers as producers_cli
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     streams_cli.add_parsers(sub, say)
     sync_cli.add_parsers(sub, say)
     display_cli.add_parsers(sub, say)
+    audit_cli.add_parsers(sub, say)
 
     p = sub.add_parser("nodes", help="list the 104 commune centres and the 2 provincial sites")
     p.add_argument("--json", action="store_true")

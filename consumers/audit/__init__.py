@@ -1,0 +1,1 @@
+"""The audit: archive, checkpoints, verification, replay and reports (issue 13)."""

@@ -1,0 +1,297 @@
+"""The audit archive on disk: every verified event, in append-only segment files per origin
+and local day, compressed, with an index (docs/audit.md).
+
+Layout under the archive's folder::
+
+    index.db                              the index (SQLite): positions, segments, events
+    segments/<origin>/<YYYY-MM-DD>.jsonl.gz
+
+A segment is a series of gzip members, one per batch that added to it; each member holds
+the events' wire bytes, one per line (canonical JSON holds no raw newline). ``zcat`` reads a
+whole segment. Appending never rewrites a byte already committed.
+
+Exactly once, and no torn segment after a crash: a batch first appends its members at each
+segment's committed length and fsyncs them, then ONE index transaction records the new
+lengths, the events and the source positions the batch reached. A crash before the commit
+leaves bytes past a committed length: ``Archive.open`` cuts them off (and deletes segments
+the index never named), and the consumer reads those records again from the stored
+positions. A crash after it leaves nothing to repair.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    select,
+    tuple_,
+)
+
+from infra.db import insert_ignore, make_engine
+from schemas.chain import Link, Place
+from schemas.events import AnyEvent
+
+metadata = MetaData()
+TOPIC = String(200)
+
+#: The next source offset to archive, per partition: committed with the data it follows.
+positions = Table(
+    "archive_positions", metadata,
+    Column("topic", TOPIC, primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("next_offset", BigInteger, nullable=False),
+)
+
+#: Each segment file and its committed length: bytes past it were never committed.
+segments = Table(
+    "archive_segments", metadata,
+    Column("path", String(200), primary_key=True),  # relative to the archive's folder
+    Column("origin", String(40), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("committed_bytes", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+)
+
+#: Every archived event's place in its origin's chain and in the files.
+events = Table(
+    "archive_events", metadata,
+    Column("origin", String(40), primary_key=True),
+    Column("origin_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("subject_id", String(64), nullable=False, index=True),
+    Column("occurred_at", String(40), nullable=False),
+    Column("path", String(200), nullable=False),
+    Column("member_start", BigInteger, nullable=False),  # the gzip member that holds it
+    Column("topic", TOPIC, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+)
+
+#: Records that were not archived, and why (a forgery, a fork, a chain break, garbage).
+refused = Table(
+    "archive_refused", metadata,
+    Column("topic", TOPIC, primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("offset", BigInteger, primary_key=True, autoincrement=False),
+    Column("reason", String(500), nullable=False),
+    Column("value", LargeBinary, nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A record the consumer verified and the chain rule let in."""
+    topic: str
+    partition: int
+    offset: int
+    value: bytes  # the wire bytes, archived as they came
+    event: AnyEvent
+
+
+@dataclass(frozen=True)
+class Refused:
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    value: bytes | None
+
+
+def segment_path(origin: str, day: str) -> str:
+    return f"segments/{origin}/{day}.jsonl.gz"
+
+
+class Archive:
+    """One site's archive. ``open`` it (which repairs what a crash left) before use."""
+
+    def __init__(self, root: Path, engine: Engine) -> None:
+        self.root = root
+        self.engine = engine
+
+    @classmethod
+    def open(cls, root: Path) -> Archive:
+        root.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(f"sqlite:///{root / 'index.db'}")
+        metadata.create_all(engine)
+        archive = cls(root, engine)
+        archive.repair()
+        return archive
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def repair(self) -> list[str]:
+        """Cut every segment back to its committed length, and delete segment files the
+        index does not name: what a crash between writing and committing left. Returns
+        what was repaired, for the log."""
+        with self.engine.connect() as conn:
+            committed = {r.path: int(r.committed_bytes)
+                         for r in conn.execute(select(segments.c.path,
+                                                      segments.c.committed_bytes))}
+        repaired = []
+        base = self.root / "segments"
+        for file in sorted(base.rglob("*.jsonl.gz")) if base.exists() else []:
+            rel = file.relative_to(self.root).as_posix()
+            size = file.stat().st_size
+            if rel not in committed:
+                file.unlink()
+                repaired.append(f"{rel}: never committed, deleted ({size} bytes)")
+            elif size > committed[rel]:
+                with file.open("r+b") as f:
+                    f.truncate(committed[rel])
+                    os.fsync(f.fileno())
+                repaired.append(f"{rel}: {size - committed[rel]} uncommitted bytes cut")
+        for rel, length in committed.items():
+            if length and not (self.root / rel).exists():
+                repaired.append(f"{rel}: MISSING ({length} committed bytes)")
+        return repaired
+
+    # --- reading the index --------------------------------------------------------------
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        with self.engine.connect() as conn:
+            return {(r.topic, r.partition): int(r.next_offset)
+                    for r in conn.execute(select(positions))}
+
+    def chain_around(self, batch: Sequence[AnyEvent]) -> tuple[dict[Place, Link], set[str]]:
+        """The held places next to ``batch``'s events and which of their ids are held: what
+        ``schemas.chain.judge`` needs."""
+        places = {(e.origin, e.origin_seq + d) for e in batch for d in (-1, 0, 1)}
+        ids = [e.event_id for e in batch]
+        held: dict[Place, Link] = {}
+        held_ids: set[str] = set()
+        c = events.c
+        with self.engine.connect() as conn:
+            wanted = sorted(places)
+            for i in range(0, len(wanted), 400):
+                for r in conn.execute(select(c.origin, c.origin_seq, c.hash, c.prev_hash)
+                                      .where(tuple_(c.origin, c.origin_seq)
+                                             .in_(wanted[i:i + 400]))):
+                    held[(r.origin, int(r.origin_seq))] = Link(r.hash, r.prev_hash)
+            for i in range(0, len(ids), 400):
+                held_ids.update(conn.execute(select(c.event_id)
+                                             .where(c.event_id.in_(ids[i:i + 400])))
+                                .scalars())
+        return held, held_ids
+
+    def heads(self) -> dict[str, tuple[int, int]]:
+        """Per origin: (events held, highest seq held). Equal when its chain has no gap."""
+        from sqlalchemy import func
+        c = events.c
+        with self.engine.connect() as conn:
+            return {r.origin: (int(r.n), int(r.top)) for r in conn.execute(
+                select(c.origin, func.count().label("n"), func.max(c.origin_seq).label("top"))
+                .group_by(c.origin))}
+
+    def counts(self) -> tuple[int, int]:
+        """(events archived, records refused)."""
+        from sqlalchemy import func
+        with self.engine.connect() as conn:
+            return (int(conn.execute(select(func.count()).select_from(events)).scalar_one()),
+                    int(conn.execute(select(func.count()).select_from(refused)).scalar_one()))
+
+    # --- appending ----------------------------------------------------------------------
+
+    def append(self, accepted: Sequence[Accepted], refusals: Sequence[Refused],
+               moves: Mapping[tuple[str, int], int]) -> None:
+        """Archive a batch: ``accepted`` into their segments, ``refusals`` noted, and each
+        partition's position moved to ``moves[tp]``; all or nothing (module docstring)."""
+        by_segment: dict[str, list[Accepted]] = {}
+        for a in accepted:
+            path = segment_path(a.event.origin, a.event.local_date.isoformat())
+            by_segment.setdefault(path, []).append(a)
+        with self.engine.connect() as conn:
+            known = {r.path: (int(r.committed_bytes), int(r.events)) for r in conn.execute(
+                select(segments.c.path, segments.c.committed_bytes, segments.c.events)
+                .where(segments.c.path.in_(list(by_segment))))} if by_segment else {}
+        new_lengths: dict[str, tuple[int, int]] = {}
+        rows: list[dict[str, object]] = []
+        for path, batch in by_segment.items():
+            start, count = known.get(path, (0, 0))
+            member = gzip.compress(b"".join(a.value + b"\n" for a in batch), compresslevel=6,
+                                   mtime=0)
+            _append_at(self.root / path, start, member)
+            new_lengths[path] = (start + len(member), count + len(batch))
+            rows.extend({"origin": a.event.origin, "origin_seq": a.event.origin_seq,
+                         "hash": a.event.hash, "prev_hash": a.event.prev_hash,
+                         "event_id": a.event.event_id, "subject_id": a.event.dossier_id,
+                         "occurred_at": a.event.occurred_at.isoformat(), "path": path,
+                         "member_start": start, "topic": a.topic, "partition": a.partition,
+                         "offset": a.offset} for a in batch)
+        with self.engine.begin() as conn:
+            for path, (length, count) in new_lengths.items():
+                origin, day = path.split("/")[1], path.rsplit("/", 1)[1][:10]
+                if path in known:
+                    conn.execute(segments.update().where(segments.c.path == path)
+                                 .values(committed_bytes=length, events=count))
+                else:
+                    conn.execute(segments.insert().values(path=path, origin=origin, day=day,
+                                                          committed_bytes=length,
+                                                          events=count))
+            if rows:
+                conn.execute(events.insert(), rows)
+            if refusals:
+                insert_ignore(conn, refused, [{"topic": r.topic, "partition": r.partition,
+                                               "offset": r.offset, "reason": r.reason[:500],
+                                               "value": r.value} for r in refusals])
+            for (topic, partition), end in moves.items():
+                done = conn.execute(positions.update()
+                                    .where(positions.c.topic == topic,
+                                           positions.c.partition == partition)
+                                    .values(next_offset=end))
+                if done.rowcount == 0:
+                    conn.execute(positions.insert().values(topic=topic, partition=partition,
+                                                           next_offset=end))
+
+    # --- reading the segments -----------------------------------------------------------
+
+    def read(self, paths: Iterable[str] | None = None) -> Iterator[tuple[str, bytes]]:
+        """(segment path, wire bytes) of every committed event, segment by segment in
+        path order, each in the order it was archived."""
+        with self.engine.connect() as conn:
+            query = select(segments.c.path, segments.c.committed_bytes).order_by(
+                segments.c.path)
+            committed = [(r.path, int(r.committed_bytes)) for r in conn.execute(query)]
+        wanted = None if paths is None else set(paths)
+        for path, length in committed:
+            if wanted is not None and path not in wanted:
+                continue
+            with (self.root / path).open("rb") as f:
+                data = f.read(length)
+            for line in gzip.decompress(data).split(b"\n"):
+                if line:
+                    yield path, line
+
+
+def _append_at(file: Path, start: int, data: bytes) -> None:
+    """Write ``data`` at byte ``start`` of ``file`` (created if new), cut whatever followed
+    (an earlier crash's leftovers), and make it durable before the index says so."""
+    created = not file.exists()
+    if created:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    with file.open("r+b" if not created else "wb") as f:
+        f.seek(start)
+        f.write(data)
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())
+    if created:  # the new directory entry must survive a power cut too
+        fd = os.open(file.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
