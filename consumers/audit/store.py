@@ -197,6 +197,19 @@ class Archive:
                 select(c.origin, func.count().label("n"), func.max(c.origin_seq).label("top"))
                 .group_by(c.origin))}
 
+    def chain_starts(self) -> dict[str, str]:
+        """Per origin, the hash of its seq 1: which history the archive holds."""
+        c = events.c
+        with self.engine.connect() as conn:
+            return {r.origin: r.hash for r in conn.execute(
+                select(c.origin, c.hash).where(c.origin_seq == 1))}
+
+    def forget_positions(self) -> None:
+        """Read the log again from its start (a new log of the same history: what the
+        archive holds comes again as duplicates and is dropped)."""
+        with self.engine.begin() as conn:
+            conn.execute(positions.delete())
+
     def counts(self) -> tuple[int, int]:
         """(events archived, records refused)."""
         from sqlalchemy import func

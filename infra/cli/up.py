@@ -5,9 +5,10 @@ the registry topics, makes sure the node keystore exists, opens the node store (
 in ``var/nodes.db`` unless ``MOTCUA_DB_URL``), runs the outbox relay and the simulator (July
 2025, an office hour per minute by default), a stream worker (``motcua streams``, a child
 process) whose live figures ``motcua counters`` prints, the wall boards (``motcua display``,
-a child process; it prints their URL), and the sync consumers of both sites and three
-communes (``motcua sync --node ID`` each, child processes; ``motcua sync status`` shows
-their lag). Ctrl-C (SIGINT) or SIGTERM stops everything in reverse order of start.
+a child process; it prints their URL), the audit archive (``motcua archive``, a child
+process), and the sync consumers of both sites and three communes (``motcua sync --node
+ID`` each, child processes; ``motcua sync status`` shows their lag). Ctrl-C (SIGINT) or
+SIGTERM stops everything in reverse order of start.
 
 The embedded broker keeps nothing across restarts, while the node store does: on start with
 a fresh embedded broker every stored event is marked unpublished, so the relay rebuilds the
@@ -15,7 +16,9 @@ log from the stores (the outbox is each node's copy of its own history). The str
 store describes positions in the old log, so it is emptied and refolded from the new one.
 The replicas keep their events and rows and read the new log from its start (every event is
 then a duplicate); a replica is emptied only when it holds another history than the node
-stores (they were made anew: new events would reuse the same places in each chain).
+stores (they were made anew: new events would reuse the same places in each chain). The
+archive likewise reads the new log from its start; one of another history is evidence, not
+a cache: it is moved aside (``var/archive.<time>``), never emptied.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from consumers.audit.store import Archive
 from infra.broker import EmbeddedBroker, die_with_parent
+from infra.cli.audit import archive_dir
 from infra.cli.bootstrap import open_replica, provision, replica_exists
 from infra.cli.display import board_url
 from infra.kafka.cluster import KafkaCluster, lib_dir
@@ -118,6 +123,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
                 say("streams: store emptied (its positions were in the previous broker's log); "
                     "refolding from the new log")
             _reset_replicas(settings, engine, say)
+            _reset_archive(settings, engine, say)
         worker = _start_child(settings, bootstrap, "streams", ["streams"])
         stack.callback(_stop_child, worker)
         say(f"streams: worker pid {worker.pid}, store {settings.streams_store_url}, log "
@@ -126,6 +132,10 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         stack.callback(_stop_child, display)
         say(f"display: wall boards at {board_url(settings.display_host, settings.display_port)}"
             f" (pid {display.pid}, log {settings.data_dir / 'log' / 'display.log'})")
+        archiver = _start_child(settings, bootstrap, "archive", ["archive"])
+        stack.callback(_stop_child, archiver)
+        say(f"archive: every verified event into {archive_dir(settings, None)} (pid "
+            f"{archiver.pid}, log {settings.data_dir / 'log' / 'archive.log'})")
         syncs: dict[str, subprocess.Popen[bytes]] = {}
         for node in [get_node(n).id for n in settings.sync_node_ids]:  # unknown: stop here
             syncs[node] = _start_child(settings, bootstrap, f"sync-{node}",
@@ -150,7 +160,8 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         say("motcua is up; press Ctrl-C to stop")
         name = signals.wait(lambda: say(_progress(sim, relay, engine, worker, settings)
                                         + "; " + _sync_status(syncs, settings)
-                                        + _display_status(display, settings)),
+                                        + _display_status(display, settings)
+                                        + _archive_status(archiver, settings)),
                             watch=lambda: _broker_gone(broker, cluster))
         if name.startswith("error:"):
             say(f"{name}; stopping")
@@ -218,6 +229,37 @@ def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
                 replica.forget_positions()
         finally:
             replica.engine.dispose()
+
+
+def _reset_archive(settings: Settings, engine: Engine, say: Say) -> None:
+    """As for the replicas: the archive reads the new log from its start (what it holds
+    comes again as duplicates). An archive of another history than the node stores is
+    never emptied (it is evidence): it is moved aside, and a new one begins."""
+    root = archive_dir(settings, None)
+    if not (root / "index.db").exists():
+        return
+    starts = store.chain_starts(engine)
+    archive = Archive.open(root)
+    try:
+        heads = archive.heads()
+        other = [o for o, h in archive.chain_starts().items()
+                 if o not in starts or starts[o][0] != h or heads[o][1] > starts[o][1]]
+        if not other:
+            archive.forget_positions()
+    finally:
+        archive.close()
+    if other:
+        aside = root.with_name(f"archive.{datetime.now(UTC):%Y%m%dT%H%M%S}")
+        root.rename(aside)
+        say(f"archive: it held another history than the node stores ({len(other)} origins); "
+            f"moved aside to {aside.resolve()}, a new archive begins")
+
+
+def _archive_status(archiver: subprocess.Popen[bytes], settings: Settings) -> str:
+    if archiver.poll() is None:
+        return ""
+    return (f"; archive exited with {archiver.returncode} (see "
+            f"{settings.data_dir / 'log' / 'archive.log'})")
 
 
 def _sync_status(syncs: dict[str, subprocess.Popen[bytes]], settings: Settings) -> str:

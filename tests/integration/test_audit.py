@@ -146,3 +146,57 @@ def test_a_crash_between_the_segment_write_and_the_index_leaves_no_torn_segment(
         assert sorted(line for _, line in reopened.read()) == sorted(v for v, _ in events)
     finally:
         reopened.close()
+
+
+def test_up_keeps_an_archive_of_the_same_history_and_moves_one_of_another_aside(
+        tmp_path: Path) -> None:
+    """A fresh embedded broker: the archive reads the new log from its start (duplicates);
+    an archive of another history than the node stores is evidence, so it is moved aside,
+    never emptied."""
+    from sqlalchemy import Engine, select
+
+    from infra.cli.up import _reset_archive
+    from infra.node_tables import outbox
+    from infra.settings import load_settings
+    from producers.migrate import open_store
+    from producers.service import DossierService
+    from schemas.keys import init_keystore
+
+    settings = load_settings(data_dir=tmp_path / "var")
+    keys = tmp_path / "keys"
+    init_keystore(keys, ["11977"])
+
+    def history(path: Path) -> Engine:
+        store = open_store(f"sqlite:///{path}")
+        service = DossierService(store, Keyring(keys))
+        for _ in range(3):
+            service.receive("11977", channel="online", procedure_code="1.000001",
+                            field="Hộ tịch", due_date=date(2027, 1, 1),
+                            components_digitised=True)
+        return store
+
+    first = history(tmp_path / "first.db")
+    with first.connect() as conn:
+        bodies = [bytes(b) for b in conn.execute(select(outbox.c.body)
+                                                 .order_by(outbox.c.origin_seq)).scalars()]
+    root = tmp_path / "var" / "archive"
+    archive = Archive.open(root)
+    archive.append([Accepted("dossier-events", 0, i, b, decode(b)) for i, b in enumerate(bodies)],
+                   [], {("dossier-events", 0): 3})
+    archive.close()
+    said: list[str] = []
+    _reset_archive(settings, first, said.append)
+    archive = Archive.open(root)
+    assert archive.counts() == (3, 0) and archive.positions() == {} and not said
+    archive.append([], [], {("dossier-events", 0): 3})
+    archive.close()
+
+    second = history(tmp_path / "second.db")  # new node stores: the same places, new events
+    _reset_archive(settings, second, said.append)
+    assert not root.exists() and "moved aside" in said[0]
+    aside = next((tmp_path / "var").glob("archive.*"))
+    kept = Archive.open(aside)
+    try:
+        assert kept.counts() == (3, 0)  # the evidence, whole
+    finally:
+        kept.close()

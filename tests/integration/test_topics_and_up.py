@@ -18,6 +18,7 @@ import pytest
 from kafka.admin import KafkaAdminClient
 from sqlalchemy import select, update
 
+from consumers.audit.store import Archive
 from infra.broker import free_port, kafka_answers
 from infra.node_tables import outbox
 from producers import store
@@ -171,6 +172,19 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             line for line in lines if line.startswith("sync: ")))]
         assert len(sync_pids) == 5
 
+        # the audit archive fills too, from the same log
+        shown = next(line for line in lines if line.startswith("archive: "))
+        archive_pid = int(re.search(r"pid (\d+)", shown).group(1))  # type: ignore[union-attr]
+        deadline = time.monotonic() + 60
+        held = 0
+        while held == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            if (tmp_path / "var" / "archive" / "index.db").exists():
+                archive = Archive.open(tmp_path / "var" / "archive")
+                held = archive.counts()[0]
+                archive.close()
+        assert held > 0, "the archive stayed empty"
+
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)  # every child stops in turn
     finally:
@@ -179,9 +193,9 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert "SIGINT received; stopping" in rest and rest.rstrip().endswith("stopped")
     assert "Traceback" not in rest
     assert not kafka_answers("127.0.0.1", port), "the broker outlived motcua up"
-    for pid in [worker_pid, display_pid, *sync_pids]:
+    for pid in [worker_pid, display_pid, archive_pid, *sync_pids]:
         with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)  # the worker, the display and the sync consumers went with it
+            os.kill(pid, 0)  # the worker, display, archive and sync consumers went with it
 
 
 def test_motcua_up_stops_with_an_error_when_its_broker_dies(tmp_path: Path) -> None:
