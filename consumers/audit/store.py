@@ -76,6 +76,7 @@ events = Table(
     Column("occurred_at", String(40), nullable=False),
     Column("path", String(200), nullable=False),
     Column("member_start", BigInteger, nullable=False),  # the gzip member that holds it
+    Column("line", BigInteger, nullable=False),  # its line in the segment (0 = the first)
     Column("topic", TOPIC, nullable=False),
     Column("partition", Integer, nullable=False),
     Column("offset", BigInteger, nullable=False),
@@ -243,8 +244,9 @@ class Archive:
                          "hash": a.event.hash, "prev_hash": a.event.prev_hash,
                          "event_id": a.event.event_id, "subject_id": a.event.dossier_id,
                          "occurred_at": a.event.occurred_at.isoformat(), "path": path,
-                         "member_start": start, "topic": a.topic, "partition": a.partition,
-                         "offset": a.offset} for a in batch)
+                         "member_start": start, "line": count + i, "topic": a.topic,
+                         "partition": a.partition, "offset": a.offset}
+                        for i, a in enumerate(batch))
         with self.engine.begin() as conn:
             for path, (length, count) in new_lengths.items():
                 origin, day = path.split("/")[1], path.rsplit("/", 1)[1][:10]

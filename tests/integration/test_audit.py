@@ -17,6 +17,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from consumers.audit.store import Accepted, Archive, _append_at, segment_path
+from infra.db import make_engine
 from schemas.codec import decode, encode
 from schemas.integrity import seal
 from schemas.keys import Keyring
@@ -200,3 +201,153 @@ def test_up_keeps_an_archive_of_the_same_history_and_moves_one_of_another_aside(
         assert kept.counts() == (3, 0)  # the evidence, whole
     finally:
         kept.close()
+
+
+# --- audit verify: each tampering is caught, named by origin and seq ------------------------
+
+def _build(root: Path, day: Workload) -> Archive:
+    """The day's events archived as the consumer does, in batches of 300."""
+    archive = Archive.open(root)
+    records = day.records
+    for start in range(0, len(records), 300):
+        batch = records[start:start + 300]
+        archive.append([Accepted(t, 0, start + i, v, decode(v))
+                        for i, (t, _, v) in enumerate(batch)], [],
+                       {("dossier-events", 0): start + len(batch)})
+    return archive
+
+
+@pytest.fixture
+def built(tmp_path: Path, day: Workload) -> Path:
+    root = tmp_path / "archive"
+    _build(root, day).close()
+    return root
+
+
+def _segment(root: Path, origin: str) -> tuple[str, list[bytes]]:
+    """The busiest segment of ``origin`` and its lines."""
+    files = sorted((root / "segments" / origin).glob("*.jsonl.gz"),
+                   key=lambda f: -len(gzip.decompress(f.read_bytes()).split(b"\n")))
+    rel = files[0].relative_to(root).as_posix()
+    return rel, [x for x in gzip.decompress(files[0].read_bytes()).split(b"\n") if x]
+
+
+def _rewrite(root: Path, rel: str, lines: list[bytes], index_hashes: bool = False) -> None:
+    """An attacker with the disk: the segment rewritten, and the index's committed length
+    made to match (so nothing looks cut or torn); with ``index_hashes`` the index's record
+    of each event's hash too."""
+    from sqlalchemy import update
+
+    from consumers.audit.store import events as ev
+    from consumers.audit.store import segments as seg
+    from infra.db import make_engine
+
+    data = gzip.compress(b"".join(x + b"\n" for x in lines))
+    (root / rel).write_bytes(data)
+    engine = make_engine(f"sqlite:///{root / 'index.db'}")
+    with engine.begin() as conn:
+        conn.execute(update(seg).where(seg.c.path == rel).values(committed_bytes=len(data)))
+        if index_hashes:
+            for line in lines:
+                e = decode(line)
+                conn.execute(update(ev).where(ev.c.origin == e.origin,
+                                              ev.c.origin_seq == e.origin_seq)
+                             .values(hash=e.hash))
+    engine.dispose()
+
+
+def _problems(root: Path, day: Workload, signatures: str = "all") -> list[str]:
+    from consumers.audit.verify import verify_archive
+    from schemas.keys import load_registry
+    archive = Archive(root, make_engine(f"sqlite:///{root / 'index.db'}"))
+    try:
+        report = verify_archive(archive, load_registry(day.keys_dir), signatures)
+    finally:
+        archive.close()
+    return [str(p) for p in report.problems or []]
+
+
+def test_a_clean_archive_verifies_with_every_signature_and_with_heads(
+        built: Path, day: Workload) -> None:
+    assert _problems(built, day, "all") == []
+    assert _problems(built, day, "heads") == []
+
+
+@pytest.mark.parametrize("signatures", ["all", "heads"])
+def test_an_edited_event_is_named(built: Path, day: Workload, signatures: str) -> None:
+    rel, lines = _segment(built, "11977")
+    e = decode(lines[1])
+    # the content changed, the hash left as it was
+    other = "0" if e.event_id[-1] != "0" else "1"
+    edited = lines[1].replace(e.event_id.encode(), (e.event_id[:-1] + other).encode())
+    assert edited != lines[1]
+    _rewrite(built, rel, [lines[0], edited, *lines[2:]])
+    found = _problems(built, day, signatures)
+    assert any(p.startswith(f"11977 seq {e.origin_seq}:") and "hash" in p for p in found), found
+
+
+@pytest.mark.parametrize("signatures", ["all", "heads"])
+def test_an_edited_event_with_its_hash_recomputed_is_named(
+        built: Path, day: Workload, signatures: str) -> None:
+    from schemas.codec import content_hash
+    rel, lines = _segment(built, "11977")
+    e = decode(lines[1])
+    changed = e.model_copy(update={"occurred_at": e.occurred_at.replace(minute=(
+        e.occurred_at.minute + 7) % 60)})
+    forged = changed.model_copy(update={"hash": content_hash(changed.model_dump(mode="json"))})
+    _rewrite(built, rel, [lines[0], encode(forged), *lines[2:]], index_hashes=True)
+    found = _problems(built, day, signatures)
+    here = [p for p in found if p.startswith("11977 ")]
+    # the next event no longer links to it; with every signature, its own is refused too
+    assert any("prev_hash is not the hash" in p for p in here), found
+    if signatures == "all":
+        assert any(p.startswith(f"11977 seq {e.origin_seq}:") and "signature" in p
+                   for p in here), found
+
+
+def test_a_deleted_event_is_named(built: Path, day: Workload) -> None:
+    rel, lines = _segment(built, "11977")
+    gone = decode(lines[2])
+    _rewrite(built, rel, [*lines[:2], *lines[3:]])
+    found = _problems(built, day)
+    assert any(p.startswith(f"11977 seq {gone.origin_seq}:") and "missing" in p
+               for p in found), found
+
+
+def test_two_swapped_events_are_named(built: Path, day: Workload) -> None:
+    rel, lines = _segment(built, "11977")
+    a, b = decode(lines[0]), decode(lines[1])
+    _rewrite(built, rel, [lines[1], lines[0], *lines[2:]])
+    found = _problems(built, day)
+    for e in (a, b):
+        assert any(p.startswith(f"11977 seq {e.origin_seq}:") and "swapped" in p
+                   for p in found), found
+
+
+def test_a_truncated_tail_is_named(built: Path, day: Workload) -> None:
+    rel, lines = _segment(built, "11977")
+    file = built / rel
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # the index untouched
+    found = _problems(built, day)
+    assert any("truncated" in p for p in found), found
+    last = decode(lines[-1])
+    assert any(p.startswith(f"11977 seq {last.origin_seq}:") and "missing" in p
+               for p in found), found
+
+
+def test_audit_verify_exits_1_and_names_the_problem(built: Path, day: Workload) -> None:
+    import subprocess
+
+    from tests.integration.test_broker import MOTCUA
+    env = cli_env(MOTCUA_KEYS_DIR=str(day.keys_dir))
+    ok = subprocess.run([*MOTCUA, "audit", "verify", "--dir", str(built)], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "0 problems" in ok.stdout and f"{len(day.records):,} events" in ok.stdout
+    rel, lines = _segment(built, "11977")
+    _rewrite(built, rel, [*lines[:2], *lines[3:]])
+    bad = subprocess.run([*MOTCUA, "audit", "verify", "--dir", str(built), "--signatures",
+                          "heads"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"PROBLEM 11977 seq {decode(lines[2]).origin_seq}: missing" in bad.stdout
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,208 @@
+"""``motcua audit verify``: is the archive complete and untampered? (DESIGN.md G8)
+
+Checked, and every problem named by origin and seq with its reason:
+
+* each archived line is an event whose content matches its hash (``schemas.integrity``);
+* the segments and the index agree: every event the index names is at its line of its
+  segment, with the hash the index recorded, and no segment holds a line the index does
+  not name (an event edited, deleted, swapped or added after it was archived; a segment cut
+  short);
+* every origin's seqs run 1..n without a gap, and each event's ``prev_hash`` is the hash of
+  the one before (an event removed from the middle, a rewritten chain);
+* signatures: ``all`` checks every event's (on every core: libsodium runs without the GIL);
+  ``heads`` checks each origin's last event only. That is enough once the two checks above
+  pass: each hash covers the ``prev_hash`` before it, so the signed head covers the whole
+  chain below it, and changing any event means re-signing its origin's head, which needs
+  that origin's private key. A stolen key is what the witnessed checkpoints are for.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from consumers.audit.store import Archive, events, segments
+from schemas.codec import decode
+from schemas.errors import MotcuaError
+from schemas.events import GENESIS_HASH, AnyEvent
+from schemas.integrity import KeyRegistry, check_signature, verify
+
+
+@dataclass(frozen=True)
+class Problem:
+    origin: str  # "" when a line cannot be read as an event at all
+    seq: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = self.origin or "?"
+        return f"{where} seq {self.seq}: {self.reason}" if self.seq is not None \
+            else f"{where}: {self.reason}"
+
+
+@dataclass
+class Report:
+    events: int = 0  # events read from the segments
+    origins: int = 0
+    signatures_checked: int = 0
+    problems: list[Problem] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_archive(archive: Archive, registry: KeyRegistry, signatures: str = "all",
+                   workers: int | None = None) -> Report:
+    """Everything the module docstring lists; ``signatures`` is ``all`` or ``heads``."""
+    problems: list[Problem] = []
+    report = Report(problems=problems)
+    with archive.engine.connect() as conn:
+        index = {(r.path, int(r.line)): r for r in conn.execute(
+            select(events.c.origin, events.c.origin_seq, events.c.hash, events.c.path,
+                   events.c.line))}
+        committed = [(r.path, int(r.committed_bytes), int(r.events)) for r in conn.execute(
+            select(segments.c.path, segments.c.committed_bytes, segments.c.events)
+            .order_by(segments.c.path))]
+    chains: dict[str, dict[int, AnyEvent]] = defaultdict(dict)
+    for path, length, count in committed:
+        seen = 0
+        for line_no, raw in _lines(archive, path, length, problems):
+            seen += 1
+            row = index.get((path, line_no))
+            try:
+                event = decode(raw)
+                verify(event, None)  # the content matches its hash
+            except MotcuaError as exc:
+                origin = row.origin if row is not None else ""
+                seq = int(row.origin_seq) if row is not None else None
+                problems.append(Problem(origin, seq, f"{path} line {line_no + 1}: {exc}"))
+                continue
+            report.events += 1
+            if row is None:
+                problems.append(Problem(event.origin, event.origin_seq,
+                                        f"{path} line {line_no + 1}: not in the index "
+                                        "(added after it was archived)"))
+            elif (row.origin, int(row.origin_seq), row.hash) != \
+                    (event.origin, event.origin_seq, event.hash):
+                problems.append(Problem(row.origin, int(row.origin_seq),
+                                        f"{path} line {line_no + 1} holds {event.origin} seq "
+                                        f"{event.origin_seq} ({event.hash[:12]}…), the index "
+                                        f"says {row.origin} seq {row.origin_seq} "
+                                        f"({row.hash[:12]}…): edited, moved or swapped"))
+            if event.origin_seq in chains[event.origin]:
+                problems.append(Problem(event.origin, event.origin_seq,
+                                        f"{path} line {line_no + 1}: a second event at this "
+                                        "place (a fork)"))
+            else:
+                chains[event.origin][event.origin_seq] = event
+        if seen < count:  # the index's events past what the segment still holds
+            for (p, line_no), row in sorted(index.items()):
+                if p == path and line_no >= seen:
+                    problems.append(Problem(row.origin, int(row.origin_seq),
+                                            f"{path} line {line_no + 1}: missing (the segment "
+                                            "was cut short)"))
+    report.origins = len(chains)
+    heads: list[AnyEvent] = []
+    for origin in sorted(chains):
+        chain = chains[origin]
+        top = max(chain)
+        heads.append(chain[top])
+        missing = [s for s in range(1, top + 1) if s not in chain]
+        for start, end in _runs(missing):
+            problems.append(Problem(origin, start, f"seqs {start}-{end} missing (deleted, or "
+                                    "never archived)" if end > start else "missing (deleted, "
+                                    "or never archived)"))
+        for seq, event in sorted(chain.items()):
+            want = GENESIS_HASH if seq == 1 else (chain[seq - 1].hash if seq - 1 in chain
+                                                  else None)
+            if want is not None and event.prev_hash != want:
+                problems.append(Problem(origin, seq, "prev_hash is not the hash of seq "
+                                        f"{seq - 1}: the chain was broken or rewritten"))
+    checked = heads if signatures == "heads" else \
+        [e for origin in sorted(chains) for _, e in sorted(chains[origin].items())]
+    problems.extend(_signatures(checked, registry, workers))
+    report.signatures_checked = len(checked)
+    problems.sort(key=lambda p: (p.origin, p.seq or 0, p.reason))
+    return report
+
+
+def _lines(archive: Archive, path: str, length: int, problems: list[Problem]
+           ) -> Iterator[tuple[int, bytes]]:
+    """The lines of a segment's committed bytes; a file cut short or corrupted is a problem
+    (what can still be read is read)."""
+    try:
+        with (archive.root / path).open("rb") as f:
+            data = f.read(length)
+    except FileNotFoundError:
+        problems.append(Problem(_origin_of(path), None, f"{path}: the segment file is gone"))
+        return
+    if len(data) < length:
+        problems.append(Problem(_origin_of(path), None,
+                                f"{path}: {length - len(data)} committed bytes are gone (the "
+                                "segment was truncated)"))
+    try:
+        text = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        problems.append(Problem(_origin_of(path), None, f"{path}: not readable as gzip past "
+                                f"some point ({exc}); reading what is whole"))
+        text = _whole_members(data)
+    yield from enumerate(line for line in text.split(b"\n") if line)
+
+
+def _whole_members(data: bytes) -> bytes:
+    """The content of the leading gzip members that decompress whole."""
+    out = []
+    while data:
+        d = zlib.decompressobj(wbits=31)
+        try:
+            out.append(d.decompress(data))
+        except zlib.error:
+            break
+        if not d.eof:
+            break
+        data = d.unused_data
+    return b"".join(out)
+
+
+def _origin_of(path: str) -> str:
+    parts = path.split("/")
+    return parts[1] if len(parts) > 2 else ""
+
+
+def _runs(seqs: Sequence[int]) -> Iterator[tuple[int, int]]:
+    start = prev = None
+    for s in seqs:
+        if start is None:
+            start = prev = s
+        elif s == prev + 1:  # type: ignore[operator]
+            prev = s
+        else:
+            yield start, prev  # type: ignore[misc]
+            start = prev = s
+    if start is not None:
+        yield start, prev  # type: ignore[misc]
+
+
+def _signatures(checked: Sequence[AnyEvent], registry: KeyRegistry, workers: int | None
+                ) -> list[Problem]:
+    def chunk(part: Sequence[AnyEvent]) -> list[Problem]:
+        out = []
+        for event in part:
+            try:
+                check_signature(event, registry)
+            except MotcuaError as exc:
+                out.append(Problem(event.origin, event.origin_seq, str(exc)))
+        return out
+    n = max(1, workers or os.cpu_count() or 1)
+    size = max(1, -(-len(checked) // (n * 4)))
+    parts = [checked[i:i + size] for i in range(0, len(checked), size)]
+    with ThreadPoolExecutor(n) as pool:
+        return [p for found in pool.map(chunk, parts) for p in found]
