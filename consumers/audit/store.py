@@ -20,6 +20,7 @@ positions. A crash after it leaves nothing to repair.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ from sqlalchemy import (
 
 from infra.db import insert_ignore, make_engine
 from schemas.chain import Link, Place
+from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
 
 metadata = MetaData()
@@ -116,24 +118,51 @@ def segment_path(origin: str, day: str) -> str:
     return f"segments/{origin}/{day}.jsonl.gz"
 
 
-class Archive:
-    """One site's archive. ``open`` it (which repairs what a crash left) before use."""
+class ArchiveBusy(MotcuaError):
+    """Another process is writing this archive."""
 
-    def __init__(self, root: Path, engine: Engine) -> None:
+
+class Archive:
+    """One site's archive. The one writer ``open``s it (which repairs what a crash left,
+    under an exclusive lock); anything else reads it through ``reader``, which never
+    repairs: a reader that cut a segment back while the writer was between writing and
+    committing would destroy what the writer is about to commit."""
+
+    def __init__(self, root: Path, engine: Engine, lock: int | None = None) -> None:
         self.root = root
         self.engine = engine
+        self._lock = lock
 
     @classmethod
     def open(cls, root: Path) -> Archive:
+        """The writer's archive: created if new, locked, repaired."""
         root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ArchiveBusy(f"another process is writing the archive in {root} (only one "
+                              "`motcua archive` per archive)") from None
         engine = make_engine(f"sqlite:///{root / 'index.db'}")
         metadata.create_all(engine)
-        archive = cls(root, engine)
+        archive = cls(root, engine, fd)
         archive.repair()
         return archive
 
+    @classmethod
+    def reader(cls, root: Path) -> Archive:
+        """An archive to read (verify, replay, status), beside a running writer."""
+        if not (root / "index.db").exists():
+            raise MotcuaError(f"no archive in {root}: `motcua archive` (or `motcua up`) "
+                              "keeps one")
+        return cls(root, make_engine(f"sqlite:///{root / 'index.db'}"))
+
     def close(self) -> None:
         self.engine.dispose()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     def repair(self) -> list[str]:
         """Cut every segment back to its committed length, and delete segment files the

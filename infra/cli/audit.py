@@ -4,18 +4,23 @@ commands (issue 13)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from consumers.audit.archive import ArchiveConsumer
 from consumers.audit.store import Archive
+from infra.cli.args import parse_date
 from infra.cli.bootstrap import provision
-from infra.db import make_engine
+from infra.cli.streams import parse_scope
 from infra.process import Loop, StopSignals
 from infra.settings import Settings
+from schemas.counters import PROVINCE
 from schemas.errors import MotcuaError
 from schemas.keys import load_registry
+from schemas.topics import COUNTERS
 
 Say = Callable[[str], None]
 
@@ -56,18 +61,17 @@ def _line(consumer: ArchiveConsumer) -> str:
     return line + (f"; last error: {consumer.last_error}" if consumer.last_error else "")
 
 
-def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
-    import json
-    import time
+def _open_for_reading(settings: Settings, given: str | None) -> Archive:
+    return Archive.reader(archive_dir(settings, given).resolve())
 
+
+def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    if args.action == "replay":
+        return cmd_replay(args, settings, say)
     from consumers.audit.verify import verify_archive
 
-    root = archive_dir(settings, args.dir).resolve()
-    if not (root / "index.db").exists():
-        raise MotcuaError(f"no archive in {root}: `motcua archive` (or `motcua up`) keeps "
-                          "one; --dir names another")
     registry = load_registry(settings.keys_path)
-    archive = Archive(root, make_engine(f"sqlite:///{root / 'index.db'}"))  # read-only use
+    archive = _open_for_reading(settings, args.dir)
     try:
         started = time.perf_counter()
         report = verify_archive(archive, registry, args.signatures)
@@ -76,7 +80,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         archive.close()
     problems = report.problems or []
     if args.json:
-        say(json.dumps({"archive": str(root), "events": report.events,
+        say(json.dumps({"archive": str(archive.root), "events": report.events,
                         "origins": report.origins, "signatures": args.signatures,
                         "signatures_checked": report.signatures_checked,
                         "problems": [{"origin": p.origin, "seq": p.seq, "reason": p.reason}
@@ -84,22 +88,88 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     else:
         for p in problems:
             say(f"PROBLEM {p}")
-        say(f"audit verify: {report.events:,} events of {report.origins} origins in {root}; "
-            f"signatures: {args.signatures} ({report.signatures_checked:,} checked); "
-            f"{len(problems)} problem{'s' if len(problems) != 1 else ''}; {took:.1f} s")
+        say(f"audit verify: {report.events:,} events of {report.origins} origins in "
+            f"{archive.root}; signatures: {args.signatures} ({report.signatures_checked:,} "
+            f"checked); {len(problems)} problem{'s' if len(problems) != 1 else ''}; "
+            f"{took:.1f} s")
     return 1 if problems else 0
 
 
+def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    from consumers.audit.replay import differences, replay
+    from schemas.snapshot import scope_figures
+    from streams.reader import read_snapshots
+
+    if args.start is None or args.end is None:
+        raise MotcuaError("audit replay needs --from and --to (local dates, inclusive)")
+    if args.end < args.start:
+        raise MotcuaError(f"--to {args.end} is before --from {args.start}")
+    archive = _open_for_reading(settings, args.dir)
+    try:
+        started = time.perf_counter()
+        result = replay(archive)
+        took = time.perf_counter() - started
+    finally:
+        archive.close()
+    replayed = result.figures(args.scope, args.start, args.end).as_dict()
+    live: dict[str, object] | None = None
+    if not args.no_live:
+        snaps = read_snapshots(settings.kafka_config(settings.bootstrap),
+                               settings.topic_prefix + COUNTERS, timeout=args.timeout)
+        live = scope_figures(snaps, args.scope, args.start, args.end).as_dict()
+    differ = differences(replayed, live) if live is not None else []
+    if args.json:
+        say(json.dumps({"source": "archive", "archive": str(archive.root),
+                        "counter_rules": result.rules, "events": result.events,
+                        "replay": replayed, "live": live, "differences": differ},
+                       ensure_ascii=False, indent=1))
+    else:
+        say(f"audit replay: {args.scope} {args.start} … {args.end} from {result.events:,} "
+            f"archived events ({archive.root}), counter rules v{result.rules}, {took:.1f} s")
+        say(f"  {'measure':<28} {'replay':>12} {'live':>12}")
+        for key, value in replayed.items():
+            if key in ("scope", "from", "to"):
+                continue
+            shown = "" if live is None else live.get(key)
+            mark = "  ≠ DIFFERS" if key in differ else ""
+            say(f"  {key:<28} {_cell(value):>12} {_cell(shown):>12}{mark}")
+        if live is not None:
+            say(f"{len(differ)} difference{'s' if len(differ) != 1 else ''} from the live "
+                "figures (`motcua counters`)")
+    return 1 if differ else 0
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: Say) -> None:
-    a = sub.add_parser("audit", help="check the audit archive (verify)")
-    a.add_argument("action", choices=["verify"], help="verify: is the archive complete and "
-                   "untampered (every problem named by origin and seq; exit 1 on any)")
+    a = sub.add_parser("audit", help="check the audit archive (verify) and recompute "
+                       "figures from it (replay)")
+    a.add_argument("action", choices=["verify", "replay"],
+                   help="verify: is the archive complete and untampered (every problem named "
+                   "by origin and seq; exit 1 on any); replay: a period's figures from the "
+                   "archived events, beside the live ones (exit 1 if they differ)")
     a.add_argument("--dir", help="the archive's folder (default: $MOTCUA_DATA_DIR/archive)")
     a.add_argument("--signatures", choices=["all", "heads"], default="all",
                    help="check every event's signature (all, on every core) or each "
                    "origin's last one (heads: enough once hashes and links hold; "
                    "docs/audit.md)")
     a.add_argument("--json", action="store_true", help="the report as JSON")
+    a.add_argument("--scope", type=parse_scope, default=PROVINCE,
+                   help="replay: province, site:ID or commune:CODE")
+    a.add_argument("--from", dest="start", type=parse_date,
+                   help="replay: first local date, YYYY-MM-DD")
+    a.add_argument("--to", dest="end", type=parse_date,
+                   help="replay: last local date, YYYY-MM-DD (inclusive)")
+    a.add_argument("--no-live", action="store_true",
+                   help="replay: do not read the live figures from Kafka")
+    a.add_argument("--timeout", type=float, default=30.0,
+                   help="replay: seconds to read the counters topic to its end")
     a.set_defaults(func=lambda a_, s: cmd_audit(a_, s, say))
 
     p = sub.add_parser("archive", help="keep the audit archive: every verified event, in "

@@ -46,7 +46,7 @@ def wait_archived(root: Path, events: int, refused: int, proc: CliProcess,
     while True:
         counts = (0, 0)
         if (root / "index.db").exists():
-            archive = Archive.open(root)
+            archive = Archive.reader(root)  # never open(): that is the writer's, and repairs
             try:
                 counts = archive.counts()
             finally:
@@ -240,7 +240,6 @@ def _rewrite(root: Path, rel: str, lines: list[bytes], index_hashes: bool = Fals
 
     from consumers.audit.store import events as ev
     from consumers.audit.store import segments as seg
-    from infra.db import make_engine
 
     data = gzip.compress(b"".join(x + b"\n" for x in lines))
     (root / rel).write_bytes(data)
@@ -259,7 +258,7 @@ def _rewrite(root: Path, rel: str, lines: list[bytes], index_hashes: bool = Fals
 def _problems(root: Path, day: Workload, signatures: str = "all") -> list[str]:
     from consumers.audit.verify import verify_archive
     from schemas.keys import load_registry
-    archive = Archive(root, make_engine(f"sqlite:///{root / 'index.db'}"))
+    archive = Archive.reader(root)
     try:
         report = verify_archive(archive, load_registry(day.keys_dir), signatures)
     finally:
@@ -351,3 +350,91 @@ def test_audit_verify_exits_1_and_names_the_problem(built: Path, day: Workload) 
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert f"PROBLEM 11977 seq {decode(lines[2]).origin_seq}: missing" in bad.stdout
     assert "Traceback" not in bad.stderr
+
+
+# --- audit replay: the archive's figures equal the live ones (G4) ----------------------------
+
+def test_replay_from_the_archive_equals_the_live_figures(
+        tmp_path: Path, broker: Broker, kafka_config: dict[str, Any], day: Workload) -> None:
+    import json
+    import subprocess
+
+    from tests.integration.test_broker import MOTCUA
+    from tests.streams_support import WorkerProcess
+
+    prefix = unique_prefix("ar")
+    provision(kafka_config, prefix)
+    produce(kafka_config, prefix, day.records)
+    worker = WorkerProcess(tmp_path, broker.bootstrap, prefix, day.keys_dir,
+                           **broker.group_env).start()
+    proc = archiver(tmp_path, broker, prefix, day.keys_dir)
+    proc.run("archive")
+    try:
+        wait_archived(tmp_path / "var" / "archive", len(day.records), 0, proc)
+        env = cli_env(MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap, MOTCUA_TOPIC_PREFIX=prefix,
+                      MOTCUA_KEYS_DIR=str(day.keys_dir), MOTCUA_DATA_DIR=str(tmp_path / "var"))
+        # the oracle: receipts and online receipts counted here from the events themselves
+        bodies = [orjson.loads(v) for _, _, v in day.records]
+        receipts = [b for b in bodies if b["type"] == "dossier.received"]
+        online = sum(b["data"]["channel"] == "online" for b in receipts)
+        at_commune = sum(b["data"]["receiving_node"] == "11977" for b in receipts)
+        deadline = time.monotonic() + 120
+        while True:  # until the worker has published what the archive holds
+            out = subprocess.run([*MOTCUA, "audit", "replay", "--from", "2025-07-01", "--to",
+                                  "2025-07-01", "--json"], env=env, capture_output=True,
+                                 text=True, timeout=120)
+            assert "Traceback" not in out.stderr, out.stderr
+            body = json.loads(out.stdout)
+            if not body["differences"] or time.monotonic() > deadline:
+                break
+            assert worker.alive(), worker.output()
+            time.sleep(1)
+        assert out.returncode == 0 and body["differences"] == [], body
+        assert body["replay"] == body["live"]
+        assert body["replay"]["received"] == len(receipts)
+        assert body["replay"]["received.online"] == online
+        assert body["counter_rules"] and body["events"] == len(day.records)
+        commune = subprocess.run([*MOTCUA, "audit", "replay", "--scope", "commune:11977",
+                                  "--from", "2025-07-01", "--to", "2025-07-01", "--json"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+        shown = json.loads(commune.stdout)
+        assert commune.returncode == 0 and shown["differences"] == [], shown
+        assert shown["replay"]["received"] == at_commune
+        text = subprocess.run([*MOTCUA, "audit", "replay", "--from", "2025-07-01", "--to",
+                               "2025-07-01"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert text.returncode == 0 and "0 differences" in text.stdout, text.stdout
+        # live figures that differ (another system's counters topic): marked, exit 1
+        other = unique_prefix("ax")
+        provision(kafka_config, other)
+        differ = subprocess.run([*MOTCUA, "audit", "replay", "--from", "2025-07-01", "--to",
+                                 "2025-07-01"], env={**env, "MOTCUA_TOPIC_PREFIX": other},
+                                capture_output=True, text=True, timeout=120)
+        assert differ.returncode == 1, differ.stdout + differ.stderr
+        assert any(line.split()[0] == "received" and "≠ DIFFERS" in line
+                   for line in differ.stdout.splitlines() if line.strip()), differ.stdout
+    finally:
+        proc.stop()
+        worker.stop()
+
+
+def test_one_writer_per_archive_and_readers_never_repair(tmp_path: Path, day: Workload) -> None:
+    from consumers.audit.store import ArchiveBusy
+    root = tmp_path / "archive"
+    writer = _build(root, day)
+    try:
+        with pytest.raises(ArchiveBusy, match="another process is writing"):
+            Archive.open(root)
+        # the writer between writing a segment and committing it: a reader leaves it be
+        e = decode(day.records[0][2])
+        file = root / segment_path(e.origin, e.local_date.isoformat())
+        size = file.stat().st_size
+        _append_at(file, size, b"pending member")
+        reader = Archive.reader(root)
+        assert reader.counts()[0] == len(day.records)
+        reader.close()
+        assert file.stat().st_size == size + len(b"pending member")
+    finally:
+        writer.close()
+    Archive.open(root).close()  # free again once the writer closed; this one repairs
+    assert file.stat().st_size == size

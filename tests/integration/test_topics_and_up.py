@@ -180,7 +180,7 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         while held == 0 and time.monotonic() < deadline:
             time.sleep(0.5)
             if (tmp_path / "var" / "archive" / "index.db").exists():
-                archive = Archive.open(tmp_path / "var" / "archive")
+                archive = Archive.reader(tmp_path / "var" / "archive")
                 held = archive.counts()[0]
                 archive.close()
         assert held > 0, "the archive stayed empty"
