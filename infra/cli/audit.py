@@ -139,6 +139,41 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     return 1 if differ else 0
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    from consumers.audit.replay import replay
+    from consumers.audit.report import Meta, rows, write_csv, write_json, write_xlsx
+
+    if args.start is None or args.end is None:
+        raise MotcuaError("report needs --from and --to (local dates, inclusive)")
+    if args.end < args.start:
+        raise MotcuaError(f"--to {args.end} is before --from {args.start}")
+    if args.format == "xlsx" and not args.out:
+        raise MotcuaError("--format xlsx needs --out FILE (a spreadsheet is not for a "
+                          "terminal)")
+    out = Path(args.out).resolve() if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise MotcuaError(f"--out {out}: the folder {out.parent} does not exist")
+    archive = _open_for_reading(settings, args.dir)
+    try:
+        result = replay(archive)
+    finally:
+        archive.close()
+    table = rows(result, args.start, args.end, args.scope)
+    meta = Meta(args.start, args.end, result.events, result.rules, str(archive.root), None)
+    if args.format == "xlsx":
+        assert out is not None
+        write_xlsx(out, table, meta)
+    else:
+        data = write_csv(table, meta) if args.format == "csv" else write_json(table, meta)
+        if out is None:
+            say(data.decode("utf-8-sig"))
+            return 0
+        out.write_bytes(data)
+    say(f"report: {len(table)} rows, {args.start} … {args.end}, from {result.events:,} "
+        f"archived events, written to {out}")
+    return 0
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "–"
@@ -148,6 +183,17 @@ def _cell(value: object) -> str:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: Say) -> None:
+    r = sub.add_parser("report", help="the officials' report of a period (province, sites, "
+                       "communes) from the audit archive")
+    r.add_argument("--from", dest="start", type=parse_date, help="first local date")
+    r.add_argument("--to", dest="end", type=parse_date, help="last local date (inclusive)")
+    r.add_argument("--scope", type=parse_scope, default=None,
+                   help="one scope only (province, site:ID, commune:CODE); default all")
+    r.add_argument("--format", choices=["xlsx", "csv", "json"], default="xlsx")
+    r.add_argument("--out", help="the file to write (csv and json print when absent)")
+    r.add_argument("--dir", help="the archive's folder (default: $MOTCUA_DATA_DIR/archive)")
+    r.set_defaults(func=lambda a_, s: cmd_report(a_, s, say))
+
     a = sub.add_parser("audit", help="check the audit archive (verify) and recompute "
                        "figures from it (replay)")
     a.add_argument("action", choices=["verify", "replay"],

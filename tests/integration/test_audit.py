@@ -438,3 +438,69 @@ def test_one_writer_per_archive_and_readers_never_repair(tmp_path: Path, day: Wo
         writer.close()
     Archive.open(root).close()  # free again once the writer closed; this one repairs
     assert file.stat().st_size == size
+
+
+# --- motcua report: the officials' report, read back ------------------------------------------
+
+def test_the_report_opens_in_a_spreadsheet_with_the_replayed_figures(
+        built: Path, day: Workload, tmp_path: Path) -> None:
+    import csv
+    import io
+    import json
+    import subprocess
+
+    from openpyxl import load_workbook
+
+    from tests.integration.test_broker import MOTCUA
+
+    bodies = [orjson.loads(v) for _, _, v in day.records]
+    receipts = [b for b in bodies if b["type"] == "dossier.received"]
+    by_node: dict[str, int] = defaultdict(int)
+    for b in receipts:
+        by_node[b["data"]["receiving_node"]] += 1
+    online = sum(b["data"]["channel"] == "online" for b in receipts)
+    env = cli_env(MOTCUA_KEYS_DIR=str(day.keys_dir))
+    out = tmp_path / "bao-cao.xlsx"
+    done = subprocess.run([*MOTCUA, "report", "--from", "2025-07-01", "--to", "2025-07-01",
+                           "--format", "xlsx", "--out", str(out), "--dir", str(built)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sheet = load_workbook(out).active
+    assert sheet is not None
+    cells = [[c.value for c in row] for row in sheet.iter_rows()]
+    header = next(i for i, r in enumerate(cells) if r[:3] == ["Cấp", "Mã", "Đơn vị"])
+    heads = cells[header]
+    for label in ("Tiếp nhận", "Trực tuyến", "Trực tiếp", "Bưu chính", "Đúng hạn",
+                  "Trễ hạn", "Tỷ lệ trực tuyến"):
+        assert label in heads, heads
+    table = {r[1]: dict(zip(heads, r, strict=True)) for r in cells[header + 1:]}
+    assert len(table) == 1 + 2 + 104
+    province = table["province"]
+    assert province["Tiếp nhận"] == len(receipts)  # counted here from the events
+    assert province["Trực tuyến"] == online
+    assert abs(province["Tỷ lệ trực tuyến"] - online / len(receipts)) < 0.00005
+    for node, n in by_node.items():  # every receiving node's row, site or commune
+        assert table[node]["Tiếp nhận"] == n, node
+    assert sum(table[c]["Tiếp nhận"] for c in table if c != "province") == len(receipts)
+    assert "01/07/2025" in cells[1][0]
+
+    as_csv = subprocess.run([*MOTCUA, "report", "--from", "2025-07-01", "--to", "2025-07-01",
+                             "--format", "csv", "--dir", str(built), "--scope",
+                             "commune:11977"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert as_csv.returncode == 0, as_csv.stderr
+    rows = list(csv.reader(io.StringIO(as_csv.stdout)))
+    at = next(i for i, r in enumerate(rows) if r[:3] == ["Cấp", "Mã", "Đơn vị"])
+    assert rows[at + 1][1] == "11977" and int(rows[at + 1][3]) == by_node["11977"]
+    as_json = subprocess.run([*MOTCUA, "report", "--from", "2025-07-01", "--to",
+                              "2025-07-01", "--format", "json", "--dir", str(built)],
+                             env=env, capture_output=True, text=True, timeout=120)
+    body = json.loads(as_json.stdout)
+    assert body["rows"][0]["received"] == len(receipts) and body["source"]["events"] == \
+        len(day.records)
+    # a user's mistake: one clear line, no traceback
+    bad = subprocess.run([*MOTCUA, "report", "--from", "2025-07-01", "--to", "2025-07-01",
+                          "--dir", str(built)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "needs --out" in bad.stderr and "Traceback" not in \
+        bad.stderr, bad.stderr
