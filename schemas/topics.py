@@ -27,6 +27,7 @@ DOSSIER_EVENTS = "dossier-events"
 HOTLINE_EVENTS = "hotline-events"
 COUNTERS = "counters"
 DEAD_LETTERS = "dead-letters"
+CHECKPOINTS = "checkpoints"
 
 REGISTRY: tuple[TopicSpec, ...] = (
     TopicSpec(DOSSIER_EVENTS, 12, "dossier_id", dict(_FOREVER),
@@ -36,6 +37,8 @@ REGISTRY: tuple[TopicSpec, ...] = (
               "latest counter snapshots for wall displays"),
     TopicSpec(DEAD_LETTERS, 3, "source topic", dict(_FOREVER),
               "every rejected message with its reason, source position and original bytes"),
+    TopicSpec(CHECKPOINTS, 1, "signer", dict(_FOREVER),
+              "the sites' signed checkpoints of their audit archives (docs/audit.md)"),
 )
 
 

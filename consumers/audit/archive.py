@@ -19,18 +19,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
+from nacl.signing import SigningKey
 from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.audit.store import Accepted, Archive, Refused
 from infra.kafka_log import log_reader
 from schemas.chain import DUPLICATE, Link, judge
 from schemas.errors import MotcuaError
+from schemas.events import LOCAL_TZ
 from schemas.integrity import KeyRegistry, checked_event
-from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS
+from schemas.topics import CHECKPOINTS, DOSSIER_EVENTS, HOTLINE_EVENTS
 
 log = logging.getLogger("motcua.archive")
 
@@ -38,14 +42,31 @@ SOURCE_TOPICS = (DOSSIER_EVENTS, HOTLINE_EVENTS)
 RETRY_SECONDS = 2.0
 
 
+@dataclass(frozen=True)
+class Signer:
+    """The site this archive signs checkpoints for, under ``name`` with ``key``."""
+    name: str
+    key: SigningKey
+    every: float = 60.0  # seconds between checkpoints (also one when the local day ends)
+
+
+def checkpoint_name(site: str) -> str:
+    """The origin line (and key name) of a site's checkpoints."""
+    return f"hungyen.motcua/{site}"
+
+
 class ArchiveConsumer:
     def __init__(self, archive: Archive, kafka_config: dict[str, Any], registry: KeyRegistry,
                  *, prefix: str = "", max_records: int = 5000,
-                 fetch_wait_ms: int = 100) -> None:
+                 fetch_wait_ms: int = 100, signer: Signer | None = None) -> None:
         self.archive = archive
+        self.signer = signer
+        self.checkpoints = 0
+        self._last_checkpoint = (time.monotonic(), datetime.now(LOCAL_TZ).date())
         self.kafka_config = kafka_config
         self.registry = registry
         self.topics = tuple(prefix + t for t in SOURCE_TOPICS)
+        self.checkpoint_topic = prefix + CHECKPOINTS
         self.prefix = prefix
         self.max_records = max_records
         self.fetch_wait_ms = fetch_wait_ms
@@ -56,16 +77,18 @@ class ArchiveConsumer:
     def run(self, stop: threading.Event) -> None:
         """Archive until ``stop`` is set."""
         consumer = log_reader(self.kafka_config, self.fetch_wait_ms)
+        producer = KafkaProducer(**self.kafka_config, acks="all") if self.signer else None
         try:
             tps = self._assign(consumer, stop)
             self._seek_to_committed(consumer, tps)
             while not stop.is_set():
                 polled = consumer.poll(timeout_ms=500, max_records=self.max_records)
-                if not polled:
-                    continue
                 try:
-                    self._archive(polled)
-                except (SQLAlchemyError, OSError) as exc:
+                    if polled:
+                        self._archive(polled)
+                    if producer is not None:
+                        self._checkpoint_if_due(producer)
+                except (SQLAlchemyError, OSError, KafkaError) as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.warning("archive: %s; retrying from the committed positions in "
                                 "%.0f s", self.last_error, RETRY_SECONDS)
@@ -73,6 +96,27 @@ class ArchiveConsumer:
                     self._seek_to_committed(consumer, tps)
         finally:
             consumer.close()
+            if producer is not None:
+                producer.close(5)
+
+    def _checkpoint_if_due(self, producer: KafkaProducer, force: bool = False) -> None:
+        """Every ``signer.every`` seconds, and when the local day changed: sign a
+        checkpoint of the archive (if it grew) and publish it on ``checkpoints``."""
+        assert self.signer is not None
+        now, today = time.monotonic(), datetime.now(LOCAL_TZ).date()
+        last_at, last_day = self._last_checkpoint
+        if not force and now - last_at < self.signer.every and today == last_day:
+            return
+        note = self.archive.checkpoint(self.signer.name, self.signer.key,
+                                       datetime.now(UTC).isoformat(timespec="seconds"))
+        self._last_checkpoint = (now, today)
+        if note is None:
+            return
+        # stored first, then published: a crash in between loses only this publication,
+        # and the next checkpoint (each covers the whole tree) supersedes it
+        producer.send(self.checkpoint_topic, key=self.signer.name.encode(),
+                      value=note.encode().encode()).get(timeout=30)
+        self.checkpoints += 1
 
     def _assign(self, consumer: KafkaConsumer, stop: threading.Event) -> list[TopicPartition]:
         delay = 0.5

@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -44,6 +45,8 @@ from infra.db import insert_ignore, make_engine
 from schemas.chain import Link, Place
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
+from schemas.merkle import Tree, leaf_hash
+from schemas.note import Checkpoint, Note, sign
 
 metadata = MetaData()
 TOPIC = String(200)
@@ -79,9 +82,29 @@ events = Table(
     Column("path", String(200), nullable=False),
     Column("member_start", BigInteger, nullable=False),  # the gzip member that holds it
     Column("line", BigInteger, nullable=False),  # its line in the segment (0 = the first)
+    Column("leaf", String(64), nullable=False),  # its Merkle leaf hash (schemas.merkle), hex
     Column("topic", TOPIC, nullable=False),
     Column("partition", Integer, nullable=False),
     Column("offset", BigInteger, nullable=False),
+)
+
+#: The checkpoints' tree: leaf i is an archived event. Leaves are appended checkpoint by
+#: checkpoint, origins in order and each origin's new seqs in order (only a run without a
+#: gap), so a witness holding the same events rebuilds the same tree from the heads.
+tree = Table(
+    "archive_tree", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("origin", String(40), nullable=False),
+    Column("origin_seq", BigInteger, nullable=False),
+)
+
+#: The signed checkpoints (C2SP signed notes) this archive issued, by tree size.
+checkpoints = Table(
+    "archive_checkpoints", metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", String(64), nullable=False),
+    Column("note", String, nullable=False),
+    Column("issued_at", String(40), nullable=False),
 )
 
 #: Records that were not archived, and why (a forgery, a fork, a chain break, garbage).
@@ -273,7 +296,8 @@ class Archive:
                          "hash": a.event.hash, "prev_hash": a.event.prev_hash,
                          "event_id": a.event.event_id, "subject_id": a.event.dossier_id,
                          "occurred_at": a.event.occurred_at.isoformat(), "path": path,
-                         "member_start": start, "line": count + i, "topic": a.topic,
+                         "member_start": start, "line": count + i,
+                         "leaf": leaf_hash(a.value).hex(), "topic": a.topic,
                          "partition": a.partition, "offset": a.offset}
                         for i, a in enumerate(batch))
         with self.engine.begin() as conn:
@@ -300,6 +324,93 @@ class Archive:
                 if done.rowcount == 0:
                     conn.execute(positions.insert().values(topic=topic, partition=partition,
                                                            next_offset=end))
+
+    # --- the checkpoints' tree ----------------------------------------------------------
+
+    def tree_heads(self) -> dict[str, int]:
+        """Per origin, the highest seq in the tree."""
+        from sqlalchemy import func
+        with self.engine.connect() as conn:
+            return {r.origin: int(r.top) for r in conn.execute(
+                select(tree.c.origin, func.max(tree.c.origin_seq).label("top"))
+                .group_by(tree.c.origin))}
+
+    def leaves(self, size: int | None = None) -> list[tuple[str, int, bytes]]:
+        """(origin, seq, leaf hash) of the tree's leaves in order, as the index records
+        them (``audit verify`` recomputes them from the segments)."""
+        t, e = tree.c, events.c
+        query = (select(t.origin, t.origin_seq, e.leaf)
+                 .join(events, (e.origin == t.origin) & (e.origin_seq == t.origin_seq))
+                 .order_by(t.leaf_index))
+        if size is not None:
+            query = query.where(t.leaf_index < size)
+        with self.engine.connect() as conn:
+            return [(r.origin, int(r.origin_seq), bytes.fromhex(r.leaf))
+                    for r in conn.execute(query)]
+
+    def extend_tree(self) -> int:
+        """Append every origin's archived run past its tree head (origins in order, seqs in
+        order, stopping at a gap); returns the tree's new size."""
+        from sqlalchemy import func
+        heads = self.tree_heads()
+        e = events.c
+        with self.engine.begin() as conn:
+            size = int(conn.execute(select(func.count()).select_from(tree)).scalar_one())
+            rows: list[dict[str, object]] = []
+            for origin in sorted(conn.execute(select(e.origin).distinct()).scalars()):
+                expected = heads.get(origin, 0) + 1
+                for seq in conn.execute(select(e.origin_seq).where(
+                        e.origin == origin, e.origin_seq >= expected)
+                        .order_by(e.origin_seq)).scalars():
+                    if seq != expected:
+                        break  # a gap: the rest waits until it fills
+                    rows.append({"leaf_index": size + len(rows), "origin": origin,
+                                 "origin_seq": seq})
+                    expected += 1
+            if rows:
+                conn.execute(tree.insert(), rows)
+            return size + len(rows)
+
+    def checkpoint(self, name: str, key: Any, issued_at: str) -> Note | None:
+        """Extend the tree, then sign a checkpoint of it as ``name`` (a C2SP signed note
+        whose extension lines are every origin's head: ``head <origin> <seq> <hash>``).
+        None if the tree did not grow since the last checkpoint."""
+        size = self.extend_tree()
+        with self.engine.connect() as conn:
+            last = conn.execute(select(checkpoints.c.size).order_by(checkpoints.c.size.desc())
+                                .limit(1)).scalar_one_or_none()
+        if last is not None and last >= size:
+            return None
+        built = Tree()
+        heads: dict[str, int] = {}
+        for origin, seq, leaf in self.leaves(size):
+            built.append(leaf)
+            heads[origin] = seq
+        hashes = self._hashes(heads)
+        lines = tuple(f"head {o} {s} {hashes[(o, s)]}" for o, s in sorted(heads.items()))
+        text = Checkpoint(name, size, built.root(), lines).text()
+        note = Note(text, (sign(text, name, key),))
+        with self.engine.begin() as conn:
+            conn.execute(checkpoints.insert().values(size=size, root=built.root().hex(),
+                                                     note=note.encode(), issued_at=issued_at))
+        return note
+
+    def _hashes(self, heads: Mapping[str, int]) -> dict[tuple[str, int], str]:
+        e = events.c
+        wanted = list(heads.items())
+        out: dict[tuple[str, int], str] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 400):
+                for r in conn.execute(select(e.origin, e.origin_seq, e.hash).where(
+                        tuple_(e.origin, e.origin_seq).in_(wanted[i:i + 400]))):
+                    out[(r.origin, int(r.origin_seq))] = r.hash
+        return out
+
+    def issued(self) -> list[tuple[int, str, str]]:
+        """(size, root hex, signed note) of every checkpoint issued, oldest first."""
+        with self.engine.connect() as conn:
+            return [(int(r.size), r.root, r.note) for r in conn.execute(
+                select(checkpoints).order_by(checkpoints.c.size))]
 
     # --- reading the segments -----------------------------------------------------------
 

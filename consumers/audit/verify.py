@@ -33,6 +33,9 @@ from schemas.codec import decode
 from schemas.errors import MotcuaError
 from schemas.events import GENESIS_HASH, AnyEvent
 from schemas.integrity import KeyRegistry, check_signature, verify
+from schemas.merkle import Tree, leaf_hash
+from schemas.note import ED25519, Checkpoint, Note, NoteError, Verifier
+from schemas.note import verify as verify_note
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Report:
     events: int = 0  # events read from the segments
     origins: int = 0
     signatures_checked: int = 0
+    checkpoints: int = 0
     problems: list[Problem] | None = None
 
     @property
@@ -60,8 +64,10 @@ class Report:
 
 
 def verify_archive(archive: Archive, registry: KeyRegistry, signatures: str = "all",
-                   workers: int | None = None) -> Report:
-    """Everything the module docstring lists; ``signatures`` is ``all`` or ``heads``."""
+                   workers: int | None = None, audit_keys: KeyRegistry | None = None
+                   ) -> Report:
+    """Everything the module docstring lists; ``signatures`` is ``all`` or ``heads``.
+    With ``audit_keys`` (the sites' checkpoint keys), the archive's signed checkpoints too."""
     problems: list[Problem] = []
     report = Report(problems=problems)
     with archive.engine.connect() as conn:
@@ -72,6 +78,7 @@ def verify_archive(archive: Archive, registry: KeyRegistry, signatures: str = "a
             select(segments.c.path, segments.c.committed_bytes, segments.c.events)
             .order_by(segments.c.path))]
     chains: dict[str, dict[int, AnyEvent]] = defaultdict(dict)
+    leaf_of: dict[tuple[str, int], bytes] = {}
     for path, length, count in committed:
         seen = 0
         for line_no, raw in _lines(archive, path, length, problems):
@@ -103,6 +110,7 @@ def verify_archive(archive: Archive, registry: KeyRegistry, signatures: str = "a
                                         "place (a fork)"))
             else:
                 chains[event.origin][event.origin_seq] = event
+                leaf_of[(event.origin, event.origin_seq)] = leaf_hash(raw)
         if seen < count:  # the index's events past what the segment still holds
             for (p, line_no), row in sorted(index.items()):
                 if p == path and line_no >= seen:
@@ -130,8 +138,67 @@ def verify_archive(archive: Archive, registry: KeyRegistry, signatures: str = "a
         [e for origin in sorted(chains) for _, e in sorted(chains[origin].items())]
     problems.extend(_signatures(checked, registry, workers))
     report.signatures_checked = len(checked)
+    if audit_keys is not None:
+        report.checkpoints = verify_checkpoints(archive.issued(), chains, leaf_of, audit_keys,
+                                                problems)
     problems.sort(key=lambda p: (p.origin, p.seq or 0, p.reason))
     return report
+
+
+def verify_checkpoints(issued: Sequence[tuple[int, str, str]],
+                       chains: dict[str, dict[int, AnyEvent]],
+                       leaf_of: dict[tuple[str, int], bytes], audit_keys: KeyRegistry,
+                       problems: list[Problem]) -> int:
+    """Each signed checkpoint, oldest first: its signature (the site's checkpoint key), and
+    the tree its heads name rebuilt from the events the segments hold now (leaves appended
+    checkpoint by checkpoint, origins in order, each origin's new seqs in order). A history
+    rewritten after a checkpoint was signed, even re-signed with the origins' own keys,
+    gives another root; the origin and seq where it differs are named."""
+    built = Tree()
+    heads: dict[str, int] = {}
+    for size, _root, text in issued:
+        try:
+            note = Note.parse(text)
+            cp = Checkpoint.parse(note.text)
+            site = cp.origin.rsplit("/", 1)[-1]
+            public = audit_keys.get(site)
+            if public is None:
+                raise NoteError(f"no checkpoint key for {site!r}")
+            verify_note(note, Verifier(cp.origin, ED25519, bytes(public)))
+        except NoteError as exc:
+            problems.append(Problem("", None, f"checkpoint of size {size}: {exc}"))
+            continue
+        named: dict[str, tuple[int, str]] = {}
+        for line in cp.extensions:
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "head" and parts[2].isdigit():
+                named[parts[1]] = (int(parts[2]), parts[3])
+        broken = False
+        for origin in sorted(named):
+            top, head_hash = named[origin]
+            for seq in range(heads.get(origin, 0) + 1, top + 1):
+                leaf = leaf_of.get((origin, seq))
+                if leaf is None:
+                    problems.append(Problem(origin, seq, f"missing, though checkpoint "
+                                            f"{cp.size} covers it"))
+                    broken = True
+                    break
+                built.append(leaf)
+            held = chains.get(origin, {}).get(top)
+            if held is not None and held.hash != head_hash:
+                problems.append(Problem(origin, top, f"not the event checkpoint {cp.size} "
+                                        "signed as this origin's head: the chain was "
+                                        "rewritten after it"))
+            heads[origin] = top
+        if broken:
+            return len(issued)
+        if built.size != cp.size or built.root() != cp.root:
+            problems.append(Problem("", None, f"checkpoint {cp.size}: the archived events "
+                                    f"give a tree of {built.size} with root "
+                                    f"{built.root().hex()[:16]}…, not the signed "
+                                    f"{cp.root.hex()[:16]}…"))
+            return len(issued)
+    return len(issued)
 
 
 def _lines(archive: Archive, path: str, length: int, problems: list[Problem]

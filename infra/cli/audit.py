@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from consumers.audit.archive import ArchiveConsumer
+from consumers.audit.archive import ArchiveConsumer, Signer, checkpoint_name
 from consumers.audit.store import Archive
 from infra.cli.args import parse_date
 from infra.cli.bootstrap import provision
@@ -19,7 +19,8 @@ from infra.process import Loop, StopSignals
 from infra.settings import Settings
 from schemas.counters import PROVINCE
 from schemas.errors import MotcuaError
-from schemas.keys import load_registry
+from schemas.keys import Keyring, init_keystore, load_registry
+from schemas.nodes import SITES
 from schemas.topics import COUNTERS
 
 Say = Callable[[str], None]
@@ -31,6 +32,9 @@ def archive_dir(settings: Settings, given: str | None) -> Path:
 
 def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     registry = load_registry(settings.keys_path)  # a missing keystore: say so before anything
+    if args.checkpoint_every <= 0:
+        raise MotcuaError(f"--checkpoint-every {args.checkpoint_every:g}: give a number of "
+                          "seconds above 0")
     provision(settings, settings.bootstrap, lambda _line: None)
     logging.basicConfig(level=args.loglevel,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -42,8 +46,14 @@ def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
             say(f"archive: {line}")
         held, refused = archive.counts()
         say(f"archive: {root} holds {held:,} events ({refused:,} records refused)")
+        signer = None
+        if args.site:
+            key = audit_keys(settings, [args.site])(args.site)
+            signer = Signer(checkpoint_name(args.site), key, args.checkpoint_every)
+            say(f"archive: signs a checkpoint every {args.checkpoint_every:g} s as "
+                f"{signer.name} (key in {settings.keys_path / 'audit'})")
         consumer = ArchiveConsumer(archive, settings.kafka_config(settings.bootstrap),
-                                   registry, prefix=settings.topic_prefix)
+                                   registry, prefix=settings.topic_prefix, signer=signer)
         with StopSignals() as signals:
             loop = Loop(consumer.run, "archive")
             name = signals.wait(lambda: say(_line(consumer)), every=30.0,
@@ -56,8 +66,16 @@ def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         archive.close()
 
 
+def audit_keys(settings: Settings, sites: list[str]) -> Keyring:
+    """The sites' checkpoint keys (``<keys>/audit``, created if missing; their public keys
+    in that folder's registry.json)."""
+    init_keystore(settings.keys_path / "audit", sites)
+    return Keyring(settings.keys_path / "audit")
+
+
 def _line(consumer: ArchiveConsumer) -> str:
-    line = f"archive: {consumer.archived:,} events archived, {consumer.refused:,} refused"
+    line = (f"archive: {consumer.archived:,} events archived, {consumer.refused:,} refused, "
+            f"{consumer.checkpoints:,} checkpoints signed")
     return line + (f"; last error: {consumer.last_error}" if consumer.last_error else "")
 
 
@@ -74,7 +92,9 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     archive = _open_for_reading(settings, args.dir)
     try:
         started = time.perf_counter()
-        report = verify_archive(archive, registry, args.signatures)
+        audit_registry = settings.keys_path / "audit" / "registry.json"
+        audit_keys = load_registry(audit_registry) if audit_registry.exists() else None
+        report = verify_archive(archive, registry, args.signatures, audit_keys=audit_keys)
         took = time.perf_counter() - started
     finally:
         archive.close()
@@ -83,6 +103,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         say(json.dumps({"archive": str(archive.root), "events": report.events,
                         "origins": report.origins, "signatures": args.signatures,
                         "signatures_checked": report.signatures_checked,
+                        "checkpoints_checked": report.checkpoints,
                         "problems": [{"origin": p.origin, "seq": p.seq, "reason": p.reason}
                                      for p in problems]}, ensure_ascii=False, indent=2))
     else:
@@ -90,7 +111,8 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
             say(f"PROBLEM {p}")
         say(f"audit verify: {report.events:,} events of {report.origins} origins in "
             f"{archive.root}; signatures: {args.signatures} ({report.signatures_checked:,} "
-            f"checked); {len(problems)} problem{'s' if len(problems) != 1 else ''}; "
+            f"checked); {report.checkpoints} signed checkpoints checked; "
+            f"{len(problems)} problem{'s' if len(problems) != 1 else ''}; "
             f"{took:.1f} s")
     return 1 if problems else 0
 
@@ -221,6 +243,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: S
     p = sub.add_parser("archive", help="keep the audit archive: every verified event, in "
                        "compressed append-only segments per origin and day")
     p.add_argument("--dir", help="the archive's folder (default: $MOTCUA_DATA_DIR/archive)")
+    p.add_argument("--site", choices=list(SITES),
+                   help="sign checkpoints of this archive as this provincial site")
+    p.add_argument("--checkpoint-every", type=float, default=60.0,
+                   help="seconds between two checkpoints (default 60; one also when the "
+                   "local day ends)")
     p.add_argument("--loglevel", default="WARNING", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=lambda a, s: cmd_archive(a, s, say))

@@ -132,7 +132,10 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         stack.callback(_stop_child, display)
         say(f"display: wall boards at {board_url(settings.display_host, settings.display_port)}"
             f" (pid {display.pid}, log {settings.data_dir / 'log' / 'display.log'})")
-        archiver = _start_child(settings, bootstrap, "archive", ["archive"])
+        # one archive on one machine: it signs its checkpoints as Phố Hiến (the witness of
+        # the other site is not built yet, docs/audit.md)
+        archiver = _start_child(settings, bootstrap, "archive",
+                                ["archive", "--site", "site-phohien"])
         stack.callback(_stop_child, archiver)
         say(f"archive: every verified event into {archive_dir(settings, None)} (pid "
             f"{archiver.pid}, log {settings.data_dir / 'log' / 'archive.log'})")

@@ -255,12 +255,14 @@ def _rewrite(root: Path, rel: str, lines: list[bytes], index_hashes: bool = Fals
     engine.dispose()
 
 
-def _problems(root: Path, day: Workload, signatures: str = "all") -> list[str]:
+def _problems(root: Path, day: Workload, signatures: str = "all",
+              audit: Path | None = None) -> list[str]:
     from consumers.audit.verify import verify_archive
     from schemas.keys import load_registry
     archive = Archive.reader(root)
     try:
-        report = verify_archive(archive, load_registry(day.keys_dir), signatures)
+        report = verify_archive(archive, load_registry(day.keys_dir), signatures,
+                                audit_keys=load_registry(audit) if audit else None)
     finally:
         archive.close()
     return [str(p) for p in report.problems or []]
@@ -504,3 +506,54 @@ def test_the_report_opens_in_a_spreadsheet_with_the_replayed_figures(
                          timeout=60)
     assert bad.returncode == 2 and "needs --out" in bad.stderr and "Traceback" not in \
         bad.stderr, bad.stderr
+
+
+def test_a_chain_rewritten_with_its_own_key_after_a_checkpoint_is_named(
+        tmp_path: Path, day: Workload) -> None:
+    """The origin's key is stolen: its chain is rewritten from seq k and every event
+    re-signed, the segments and the index made to match. Hashes, links and signatures all
+    hold; only the site's signed checkpoint shows it, naming the origin."""
+    from datetime import timedelta
+
+    from consumers.audit.archive import checkpoint_name
+    from schemas.keys import init_keystore
+
+    audit = tmp_path / "audit"
+    init_keystore(audit, ["site-phohien"])
+    site_key = Keyring(audit)("site-phohien")
+    root = tmp_path / "archive"
+    archive = Archive.open(root)
+    records = day.records
+    half = len(records) // 2
+    for part, (lo, hi) in enumerate(((0, half), (half, len(records)))):
+        archive.append([Accepted(t, 0, lo + i, v, decode(v))
+                        for i, (t, _, v) in enumerate(records[lo:hi])], [],
+                       {("dossier-events", 0): hi})
+        note = archive.checkpoint(checkpoint_name("site-phohien"), site_key,
+                                  f"2025-07-01T1{part}:00:00+00:00")
+        assert note is not None
+    assert archive.checkpoint(checkpoint_name("site-phohien"), site_key, "x") is None
+    assert [size for size, _, _ in archive.issued()][-1] == len(records)
+    archive.close()
+    assert _problems(root, day, "all", audit) == []
+
+    rel, lines = _segment(root, "11977")
+    chain = sorted((decode(x) for x in lines), key=lambda e: e.origin_seq)
+    k = chain[1].origin_seq
+    stolen = Keyring(day.keys_dir)("11977")
+    prev = chain[0].hash
+    rewritten = {}
+    for e in chain[1:]:
+        new = seal(type(e), origin=e.origin, origin_seq=e.origin_seq, prev_hash=prev,
+                   dossier_id=e.dossier_id, occurred_at=e.occurred_at + timedelta(minutes=1),
+                   data=e.data, key=stolen)
+        rewritten[e.origin_seq] = encode(new)
+        prev = new.hash
+    _rewrite(root, rel, [rewritten.get(decode(x).origin_seq, x) for x in lines],
+             index_hashes=True)
+    found = _problems(root, day, "all", audit)
+    assert not any(("hash" in p and "content" in p) or "prev_hash" in p or "signature" in p
+                   for p in found), found  # every other check holds
+    assert any(p.startswith(f"11977 seq {chain[-1].origin_seq}:") and "rewritten" in p
+               for p in found), found
+    assert k > 1
