@@ -557,3 +557,56 @@ def test_a_chain_rewritten_with_its_own_key_after_a_checkpoint_is_named(
     assert any(p.startswith(f"11977 seq {chain[-1].origin_seq}:") and "rewritten" in p
                for p in found), found
     assert k > 1
+
+
+def test_the_archive_publishes_signed_checkpoints_that_verify(
+        tmp_path: Path, broker: Broker, kafka_config: dict[str, Any], day: Workload) -> None:
+    from nacl.signing import VerifyKey
+
+    from schemas.keys import load_registry
+    from schemas.note import ED25519, Checkpoint, Note, Verifier
+    from schemas.note import verify as verify_note
+    from schemas.topics import CHECKPOINTS
+    from tests.integration.test_relay import read_all
+
+    prefix = unique_prefix("ac")
+    provision(kafka_config, prefix)
+    produce(kafka_config, prefix, day.records)
+    proc = archiver(tmp_path, broker, prefix, day.keys_dir)
+    proc.run("archive", "--site", "site-thaibinh", "--checkpoint-every", "1")
+    try:
+        wait_archived(tmp_path / "var" / "archive", len(day.records), 0, proc)
+        records = read_all(kafka_config, [prefix + CHECKPOINTS], 1, timeout=30)
+        deadline = time.monotonic() + 30
+        while Checkpoint.parse(Note.parse(records[-1].value.decode()).text).size < \
+                len(day.records):
+            assert time.monotonic() < deadline, "no checkpoint of the whole archive"
+            time.sleep(1)
+            records = read_all(kafka_config, [prefix + CHECKPOINTS], 1, timeout=30)
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.output()
+    note = Note.parse(records[-1].value.decode())
+    assert records[-1].key == b"hungyen.motcua/site-thaibinh"
+    public = load_registry(day.keys_dir / "audit").get("site-thaibinh")
+    assert isinstance(public, VerifyKey)
+    verify_note(note, Verifier("hungyen.motcua/site-thaibinh", ED25519, bytes(public)))
+    cp = Checkpoint.parse(note.text)
+    assert cp.size == len(day.records)
+    assert len(cp.extensions) == len({orjson.loads(v)["origin"] for _, _, v in day.records})
+    # and audit verify checks them all against the archive
+    assert _problems(tmp_path / "var" / "archive", day, "heads", day.keys_dir / "audit") == []
+
+
+def test_a_checkpoint_interval_that_is_not_positive_is_refused(
+        tmp_path: Path, broker: Broker, day: Workload) -> None:
+    import subprocess
+
+    from tests.integration.test_broker import MOTCUA
+    out = subprocess.run([*MOTCUA, "archive", "--site", "site-phohien", "--checkpoint-every",
+                          "-1"], env=cli_env(MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap,
+                                             MOTCUA_KEYS_DIR=str(day.keys_dir),
+                                             MOTCUA_DATA_DIR=str(tmp_path / "var")),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--checkpoint-every -1" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
