@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaProducer
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from infra.db import make_engine
 from infra.node_tables import outbox
@@ -195,3 +195,14 @@ def received_only(keys_dir: Path, start: date, end: date, scale: float = 1.0
             heads[cell.node.id] = (seq + 1, event.hash)
             records.append(("dossier-events", dossier.encode(), encode(event)))
     return records
+
+
+def three_receipts(path: Path, keys: Path) -> Engine:
+    """A node store at ``path`` where commune 11977 received three dossiers: a small
+    history of its own (two such stores hold different events at the same places)."""
+    store = open_store(f"sqlite:///{path}")
+    service = DossierService(store, Keyring(keys))
+    for _ in range(3):
+        service.receive("11977", channel="online", procedure_code="1.000001",
+                        field="Hộ tịch", due_date=date(2027, 1, 1), components_digitised=True)
+    return store

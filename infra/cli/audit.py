@@ -122,10 +122,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     from schemas.snapshot import scope_figures
     from streams.reader import read_snapshots
 
-    if args.start is None or args.end is None:
-        raise MotcuaError("audit replay needs --from and --to (local dates, inclusive)")
-    if args.end < args.start:
-        raise MotcuaError(f"--to {args.end} is before --from {args.start}")
+    _check_period(args, "audit replay")
     archive = _open_for_reading(settings, args.dir)
     try:
         started = time.perf_counter()
@@ -165,10 +162,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     from consumers.audit.replay import replay
     from consumers.audit.report import Meta, rows, write_csv, write_json, write_xlsx
 
-    if args.start is None or args.end is None:
-        raise MotcuaError("report needs --from and --to (local dates, inclusive)")
-    if args.end < args.start:
-        raise MotcuaError(f"--to {args.end} is before --from {args.start}")
+    _check_period(args, "report")
     if args.format == "xlsx" and not args.out:
         raise MotcuaError("--format xlsx needs --out FILE (a spreadsheet is not for a "
                           "terminal)")
@@ -194,6 +188,13 @@ def cmd_report(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     say(f"report: {len(table)} rows, {args.start} … {args.end}, from {result.events:,} "
         f"archived events, written to {out}")
     return 0
+
+
+def _check_period(args: argparse.Namespace, command: str) -> None:
+    if args.start is None or args.end is None:
+        raise MotcuaError(f"{command} needs --from and --to (local dates, inclusive)")
+    if args.end < args.start:
+        raise MotcuaError(f"--to {args.end} is before --from {args.start}")
 
 
 def _cell(value: object) -> str:

@@ -24,7 +24,7 @@ from schemas.keys import Keyring
 from tests.conftest import Broker, unique_prefix
 from tests.factories import Chain
 from tests.integration.test_broker import cli_env
-from tests.streams_support import CliProcess, Workload, produce, provision, simulate
+from tests.streams_support import CliProcess, Workload, produce, provision, simulate, three_receipts
 
 
 @pytest.fixture(scope="module")
@@ -154,29 +154,18 @@ def test_up_keeps_an_archive_of_the_same_history_and_moves_one_of_another_aside(
     """A fresh embedded broker: the archive reads the new log from its start (duplicates);
     an archive of another history than the node stores is evidence, so it is moved aside,
     never emptied."""
-    from sqlalchemy import Engine, select
+    from sqlalchemy import select
 
     from infra.cli.up import _reset_archive
     from infra.node_tables import outbox
     from infra.settings import load_settings
-    from producers.migrate import open_store
-    from producers.service import DossierService
     from schemas.keys import init_keystore
 
     settings = load_settings(data_dir=tmp_path / "var")
     keys = tmp_path / "keys"
     init_keystore(keys, ["11977"])
 
-    def history(path: Path) -> Engine:
-        store = open_store(f"sqlite:///{path}")
-        service = DossierService(store, Keyring(keys))
-        for _ in range(3):
-            service.receive("11977", channel="online", procedure_code="1.000001",
-                            field="Hộ tịch", due_date=date(2027, 1, 1),
-                            components_digitised=True)
-        return store
-
-    first = history(tmp_path / "first.db")
+    first = three_receipts(tmp_path / "first.db", keys)
     with first.connect() as conn:
         bodies = [bytes(b) for b in conn.execute(select(outbox.c.body)
                                                  .order_by(outbox.c.origin_seq)).scalars()]
@@ -192,7 +181,8 @@ def test_up_keeps_an_archive_of_the_same_history_and_moves_one_of_another_aside(
     archive.append([], [], {("dossier-events", 0): 3})
     archive.close()
 
-    second = history(tmp_path / "second.db")  # new node stores: the same places, new events
+    # new node stores: the same places, new events
+    second = three_receipts(tmp_path / "second.db", keys)
     _reset_archive(settings, second, said.append)
     assert not root.exists() and "moved aside" in said[0]
     aside = next((tmp_path / "var").glob("archive.*"))

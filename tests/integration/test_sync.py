@@ -49,6 +49,7 @@ from tests.streams_support import (
     provision,
     simulate,
     store_view,
+    three_receipts,
     wait_for_positions,
 )
 from tests.sync_support import (
@@ -440,16 +441,7 @@ def test_up_keeps_a_replica_of_the_same_history_and_empties_one_of_another(
     keys = tmp_path / "keys"
     init_keystore(keys, ["11977", "site-phohien"])
 
-    def history(path: Path) -> Engine:
-        store = open_store(f"sqlite:///{path}")
-        service = DossierService(store, Keyring(keys))
-        for _ in range(3):
-            service.receive("11977", channel="online", procedure_code="1.000001",
-                            field="Hộ tịch", due_date=date(2027, 1, 1),
-                            components_digitised=True)
-        return store
-
-    first = history(tmp_path / "first.db")
+    first = three_receipts(tmp_path / "first.db", keys)
     url, _ = settings.replica_url("site-phohien")
     (tmp_path / "var" / "replicas").mkdir(parents=True)
     replica = Replica.open(make_engine(url), "site-phohien")
@@ -459,7 +451,8 @@ def test_up_keeps_a_replica_of_the_same_history_and_empties_one_of_another(
     _reset_replicas(settings, first, said.append)
     assert replica.rows() == rows and replica.positions() == {} and not said
 
-    second = history(tmp_path / "second.db")  # new node stores: the same places, new events
+    # new node stores: the same places, new events
+    second = three_receipts(tmp_path / "second.db", keys)
     replica.apply([], {("dossier-events", 0): 3})
     _reset_replicas(settings, second, said.append)
     assert replica.rows() == [] and replica.positions() == {} and "emptied" in said[0]
