@@ -175,12 +175,3 @@ class ArchiveConsumer:
         if refusals:
             self.last_error = f"refused: {refusals[-1].reason}"
 
-
-def wait_for(archive: Archive, events: int, timeout: float) -> bool:
-    """Until ``archive`` holds ``events`` events (for tools and tests)."""
-    deadline = time.monotonic() + timeout
-    while archive.counts()[0] < events:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True

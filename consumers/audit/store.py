@@ -37,6 +37,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    func,
     select,
     tuple_,
 )
@@ -135,6 +136,21 @@ class Refused:
     offset: int
     reason: str
     value: bytes | None
+
+
+def head_lines(heads: Mapping[str, tuple[int, str]]) -> tuple[str, ...]:
+    """A checkpoint's extension lines: each origin's head, ``head <origin> <seq> <hash>``."""
+    return tuple(f"head {o} {seq} {h}" for o, (seq, h) in sorted(heads.items()))
+
+
+def parse_heads(extensions: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """The heads ``head_lines`` wrote (other extension lines are left alone)."""
+    out = {}
+    for line in extensions:
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "head" and parts[2].isdigit():
+            out[parts[1]] = (int(parts[2]), parts[3])
+    return out
 
 
 def segment_path(origin: str, day: str) -> str:
@@ -241,14 +257,12 @@ class Archive:
                                 .scalars())
         return held, held_ids
 
-    def heads(self) -> dict[str, tuple[int, int]]:
-        """Per origin: (events held, highest seq held). Equal when its chain has no gap."""
-        from sqlalchemy import func
+    def chain_heads(self) -> dict[str, int]:
+        """Each origin's highest seq held (as ``Replica.chain_heads``)."""
         c = events.c
         with self.engine.connect() as conn:
-            return {r.origin: (int(r.n), int(r.top)) for r in conn.execute(
-                select(c.origin, func.count().label("n"), func.max(c.origin_seq).label("top"))
-                .group_by(c.origin))}
+            return {o: int(n) for o, n in conn.execute(
+                select(c.origin, func.max(c.origin_seq)).group_by(c.origin))}
 
     def chain_starts(self) -> dict[str, str]:
         """Per origin, the hash of its seq 1: which history the archive holds."""
@@ -265,7 +279,6 @@ class Archive:
 
     def counts(self) -> tuple[int, int]:
         """(events archived, records refused)."""
-        from sqlalchemy import func
         with self.engine.connect() as conn:
             return (int(conn.execute(select(func.count()).select_from(events)).scalar_one()),
                     int(conn.execute(select(func.count()).select_from(refused)).scalar_one()))
@@ -329,7 +342,6 @@ class Archive:
 
     def tree_heads(self) -> dict[str, int]:
         """Per origin, the highest seq in the tree."""
-        from sqlalchemy import func
         with self.engine.connect() as conn:
             return {r.origin: int(r.top) for r in conn.execute(
                 select(tree.c.origin, func.max(tree.c.origin_seq).label("top"))
@@ -351,7 +363,6 @@ class Archive:
     def extend_tree(self) -> int:
         """Append every origin's archived run past its tree head (origins in order, seqs in
         order, stopping at a gap); returns the tree's new size."""
-        from sqlalchemy import func
         heads = self.tree_heads()
         e = events.c
         with self.engine.begin() as conn:
@@ -387,8 +398,8 @@ class Archive:
             built.append(leaf)
             heads[origin] = seq
         hashes = self._hashes(heads)
-        lines = tuple(f"head {o} {s} {hashes[(o, s)]}" for o, s in sorted(heads.items()))
-        text = Checkpoint(name, size, built.root(), lines).text()
+        text = Checkpoint(name, size, built.root(),
+                          head_lines({o: (s, hashes[(o, s)]) for o, s in heads.items()})).text()
         note = Note(text, (sign(text, name, key),))
         with self.engine.begin() as conn:
             conn.execute(checkpoints.insert().values(size=size, root=built.root().hex(),
@@ -414,17 +425,14 @@ class Archive:
 
     # --- reading the segments -----------------------------------------------------------
 
-    def read(self, paths: Iterable[str] | None = None) -> Iterator[tuple[str, bytes]]:
+    def read(self) -> Iterator[tuple[str, bytes]]:
         """(segment path, wire bytes) of every committed event, segment by segment in
         path order, each in the order it was archived."""
         with self.engine.connect() as conn:
             query = select(segments.c.path, segments.c.committed_bytes).order_by(
                 segments.c.path)
             committed = [(r.path, int(r.committed_bytes)) for r in conn.execute(query)]
-        wanted = None if paths is None else set(paths)
         for path, length in committed:
-            if wanted is not None and path not in wanted:
-                continue
             with (self.root / path).open("rb") as f:
                 data = f.read(length)
             for line in gzip.decompress(data).split(b"\n"):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from consumers.audit.store import Archive, events, segments
+from consumers.audit.store import Archive, events, parse_heads, segments
 from schemas.codec import decode
 from schemas.errors import MotcuaError
 from schemas.events import GENESIS_HASH, AnyEvent
@@ -168,11 +168,7 @@ def verify_checkpoints(issued: Sequence[tuple[int, str, str]],
         except NoteError as exc:
             problems.append(Problem("", None, f"checkpoint of size {size}: {exc}"))
             continue
-        named: dict[str, tuple[int, str]] = {}
-        for line in cp.extensions:
-            parts = line.split()
-            if len(parts) == 4 and parts[0] == "head" and parts[2].isdigit():
-                named[parts[1]] = (int(parts[2]), parts[3])
+        named = parse_heads(cp.extensions)
         broken = False
         for origin in sorted(named):
             top, head_hash = named[origin]

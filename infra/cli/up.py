@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -209,6 +209,15 @@ def _simulate(sim: Simulator, say: Say) -> None:
         f"({sum(summary.received_by_node.values()):,} dossiers received)")
 
 
+def _other_history(stores: Mapping[str, tuple[str, int]], starts: Mapping[str, str],
+                   heads: Mapping[str, int]) -> list[str]:
+    """The origins whose held chain is not the node stores' (``store.chain_starts``:
+    origin -> (hash of seq 1, head seq)): another first event, or more events than the
+    store ever had."""
+    return [o for o, h in starts.items()
+            if o not in stores or stores[o][0] != h or heads[o] > stores[o][1]]
+
+
 def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
     """The new log holds the node stores' events at new offsets. A replica holding the same
     history reads it again (duplicates); one holding another history (the node stores
@@ -221,10 +230,7 @@ def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
             continue
         replica = open_replica(settings, node)
         try:
-            heads = replica.chain_heads()
-            other = [o for o, h in replica.chain_starts().items()
-                     if o not in starts or starts[o][0] != h or heads[o] > starts[o][1]]
-            if other:  # another first event, or more events than the store ever had
+            if _other_history(starts, replica.chain_starts(), replica.chain_heads()):
                 replica.clear()
                 say(f"sync {node}: replica emptied (it held another history than the node "
                     "stores)")
@@ -244,9 +250,7 @@ def _reset_archive(settings: Settings, engine: Engine, say: Say) -> None:
     starts = store.chain_starts(engine)
     archive = Archive.open(root)
     try:
-        heads = archive.heads()
-        other = [o for o, h in archive.chain_starts().items()
-                 if o not in starts or starts[o][0] != h or heads[o][1] > starts[o][1]]
+        other = _other_history(starts, archive.chain_starts(), archive.chain_heads())
         if not other:
             archive.forget_positions()
     finally:
