@@ -151,27 +151,30 @@ def verify_consistency(first: int, second: int, proof: Sequence[bytes], first_ro
                          f"(the proof leads to {sr.hex()})")
 
 
-class Tree:
-    """A growing tree: leaves appended one by one, its head in O(log n) per leaf (the
-    roots of its perfect subtrees, largest first, as a binary counter)."""
+class Frontier:
+    """The right edge of a growing tree (a "compact range"): the roots of its perfect
+    subtrees, largest first, as a binary counter. Its head costs O(log n) per leaf and it
+    is O(log n) to store, so a witness keeps the tree it cosigned without its leaves."""
 
-    def __init__(self) -> None:
-        self.leaves: list[bytes] = []
-        self._peaks: list[tuple[int, bytes]] = []  # (size, root) of each perfect subtree
+    def __init__(self, size: int = 0, peaks: Sequence[bytes] = ()) -> None:
+        sizes = _perfect(size)
+        if len(peaks) != len(sizes) or any(len(h) != 32 for h in peaks):
+            raise ProofError(f"{len(peaks)} peaks cannot be the edge of a tree of {size}")
+        self.size = size
+        self._peaks = [(n, bytes(h)) for n, h in zip(sizes, peaks, strict=True)]
 
     @property
-    def size(self) -> int:
-        return len(self.leaves)
+    def peaks(self) -> list[bytes]:
+        return [h for _, h in self._peaks]
 
-    def append(self, leaf: bytes) -> int:
-        """Add a leaf hash; returns its index."""
-        self.leaves.append(leaf)
+    def append(self, leaf: bytes) -> None:
+        """Add a leaf hash."""
         size, h = 1, leaf
         while self._peaks and self._peaks[-1][0] == size:
             left = self._peaks.pop()[1]
             size, h = size * 2, node_hash(left, h)
         self._peaks.append((size, h))
-        return len(self.leaves) - 1
+        self.size += 1
 
     def root(self) -> bytes:
         """MTH of the whole tree: the peaks folded from the right."""
@@ -181,6 +184,46 @@ class Tree:
         for _, left in reversed(self._peaks[:-1]):
             h = node_hash(left, h)
         return h
+
+    def copy(self) -> Frontier:
+        return Frontier(self.size, self.peaks)
+
+    def text(self) -> str:
+        """``<size> <hex peak> …``: what ``parse`` reads back."""
+        return " ".join([str(self.size), *(h.hex() for h in self.peaks)])
+
+    @classmethod
+    def parse(cls, text: str) -> Frontier:
+        size, *peaks = text.split()
+        return cls(int(size), [bytes.fromhex(h) for h in peaks])
+
+
+def _perfect(size: int) -> list[int]:
+    """The sizes of the perfect subtrees a tree of ``size`` leaves ends in, largest first."""
+    if size < 0:
+        raise ProofError(f"a tree cannot have {size} leaves")
+    return [1 << b for b in reversed(range(size.bit_length())) if size >> b & 1]
+
+
+class Tree:
+    """A growing tree that keeps its leaves (for proofs) and its ``Frontier``."""
+
+    def __init__(self) -> None:
+        self.leaves: list[bytes] = []
+        self.frontier = Frontier()
+
+    @property
+    def size(self) -> int:
+        return len(self.leaves)
+
+    def append(self, leaf: bytes) -> int:
+        """Add a leaf hash; returns its index."""
+        self.leaves.append(leaf)
+        self.frontier.append(leaf)
+        return len(self.leaves) - 1
+
+    def root(self) -> bytes:
+        return self.frontier.root()
 
     def root_at(self, size: int) -> bytes:
         """MTH of the tree's first ``size`` leaves."""

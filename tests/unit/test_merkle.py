@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from schemas.merkle import (
     EMPTY_ROOT,
+    Frontier,
     ProofError,
     Tree,
     consistency_proof,
@@ -154,3 +155,24 @@ def test_impossible_requests_are_refused_with_a_reason() -> None:
         verify_consistency(5, 4, [], EMPTY_ROOT, EMPTY_ROOT)
     with pytest.raises(ProofError, match="different roots"):
         verify_consistency(4, 4, [], LEAVES[0], LEAVES[1])
+
+
+@given(st.integers(min_value=0, max_value=70), st.integers(min_value=0, max_value=40))
+def test_a_frontier_stored_and_read_back_grows_into_the_same_roots(n: int, more: int) -> None:
+    """A witness keeps only the frontier of the tree it cosigned: read back from its text
+    and extended, it gives every root a tree built from all the leaves gives."""
+    leaves = [leaf_hash(bytes([i % 256, i // 256])) for i in range(n + more)]
+    kept = Frontier()
+    for leaf in leaves[:n]:
+        kept.append(leaf)
+    assert kept.root() == root(leaves[:n])
+    again = Frontier.parse(kept.text())
+    for i, leaf in enumerate(leaves[n:], start=n + 1):
+        again.append(leaf)
+        assert again.root() == root(leaves[:i])
+    assert again.size == n + more
+
+
+def test_a_frontier_with_the_wrong_number_of_peaks_is_refused() -> None:
+    with pytest.raises(ProofError, match="cannot be the edge"):
+        Frontier(3, [b"\0" * 32])  # 3 = 2 + 1 needs two peaks
