@@ -29,17 +29,22 @@ from nacl.signing import SigningKey
 from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.audit.store import Accepted, Archive, Refused
+from consumers.audit.witness import COSIGNED, REFUSED, WAIT, Witness, site_of
 from infra.kafka_log import log_reader
 from schemas.chain import DUPLICATE, Link, judge
 from schemas.errors import MotcuaError
 from schemas.events import LOCAL_TZ
 from schemas.integrity import KeyRegistry, checked_event
+from schemas.note import COSIGNATURE_V1, Checkpoint, Note, NoteError, Verifier
+from schemas.note import verify as verify_note
 from schemas.topics import CHECKPOINTS, DOSSIER_EVENTS, HOTLINE_EVENTS
 
 log = logging.getLogger("motcua.archive")
 
 SOURCE_TOPICS = (DOSSIER_EVENTS, HOTLINE_EVENTS)
 RETRY_SECONDS = 2.0
+WITNESS_EVERY = 1.0  # seconds between two tries of the checkpoints that wait
+MAX_WAITING = 10_000  # checkpoints kept waiting per signer (one a minute: a week)
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,7 @@ class Signer:
     name: str
     key: SigningKey
     every: float = 60.0  # seconds between checkpoints (also one when the local day ends)
-
-
-def checkpoint_name(site: str) -> str:
-    """The origin line (and key name) of a site's checkpoints."""
-    return f"hungyen.motcua/{site}"
+    audit_keys: KeyRegistry | None = None  # the sites' checkpoint keys: to witness the others
 
 
 class ArchiveConsumer:
@@ -62,6 +63,14 @@ class ArchiveConsumer:
         self.archive = archive
         self.signer = signer
         self.checkpoints = 0
+        self.witness = (Witness(archive, signer.name, signer.key, signer.audit_keys)
+                        if signer is not None and signer.audit_keys is not None else None)
+        self.cosigned = 0  # others' checkpoints this site cosigned, since it started
+        self.cosignatures = 0  # cosignatures of this site's checkpoints received
+        self.witness_refused = 0
+        self.waiting: dict[str, dict[int, str]] = {}  # signer -> size -> note, to try again
+        self._witnessed_at = 0.0
+        self._told: dict[str, str] = {}
         self._last_checkpoint = (time.monotonic(), datetime.now(LOCAL_TZ).date())
         self.kafka_config = kafka_config
         self.registry = registry
@@ -78,16 +87,21 @@ class ArchiveConsumer:
         """Archive until ``stop`` is set."""
         consumer = log_reader(self.kafka_config, self.fetch_wait_ms)
         producer = KafkaProducer(**self.kafka_config, acks="all") if self.signer else None
+        notes = log_reader(self.kafka_config, self.fetch_wait_ms) if self.signer else None
         try:
-            tps = self._assign(consumer, stop)
+            tps = self._assign(consumer, stop, self.topics)
             self._seek_to_committed(consumer, tps)
+            if notes is not None and producer is not None:
+                self._assign(notes, stop, (self.checkpoint_topic,))
+                self._publish_again(producer)
             while not stop.is_set():
                 polled = consumer.poll(timeout_ms=500, max_records=self.max_records)
                 try:
                     if polled:
                         self._archive(polled)
-                    if producer is not None:
+                    if producer is not None and notes is not None:
                         self._checkpoint_if_due(producer)
+                        self._read_notes(notes, producer)
                 except (SQLAlchemyError, OSError, KafkaError) as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.warning("archive: %s; retrying from the committed positions in "
@@ -96,8 +110,99 @@ class ArchiveConsumer:
                     self._seek_to_committed(consumer, tps)
         finally:
             consumer.close()
+            if notes is not None:
+                notes.close()
             if producer is not None:
                 producer.close(5)
+
+    def _publish_again(self, producer: KafkaProducer) -> None:
+        """At start: this site's checkpoints no witness cosigned yet (a crash, or a fresh
+        broker, may have lost them; a witness must see every one, in order), and the last
+        checkpoint this site cosigned for each other site (the signer may have missed it)."""
+        assert self.signer is not None
+        cosigned = max((size for size, _, _ in self.archive.cosigned()), default=0)
+        for size, _root, note in self.archive.issued():
+            if size > cosigned:
+                producer.send(self.checkpoint_topic, key=self.signer.name.encode(),
+                              value=note.encode())
+        last: dict[str, str] = {}
+        for signer, _size, _root, note in self.archive.witnessed_notes():
+            last[signer] = note
+        for note in last.values():
+            producer.send(self.checkpoint_topic, key=self.signer.name.encode(),
+                          value=note.encode())
+        producer.flush(30)
+
+    def _read_notes(self, notes: KafkaConsumer, producer: KafkaProducer) -> None:
+        """The checkpoints topic: cosignatures of this site's checkpoints are kept; the
+        other sites' checkpoints are witnessed (those that must wait, tried again)."""
+        assert self.signer is not None
+        for records in notes.poll(timeout_ms=0, max_records=500).values():
+            for rec in records:
+                data = rec.value.decode("utf-8", "replace") if rec.value else ""
+                try:
+                    note = Note.parse(data)
+                    origin = Checkpoint.parse(note.text).origin
+                except NoteError as exc:
+                    log.warning("archive: checkpoints@%d is not a checkpoint: %s", rec.offset,
+                                exc)
+                    continue
+                if origin == self.signer.name:
+                    self._keep_cosignatures(note)
+                elif self.witness is not None and all(
+                        s.name != self.signer.name for s in note.signatures):
+                    waiting = self.waiting.setdefault(origin, {})
+                    if len(waiting) < MAX_WAITING:
+                        waiting[Checkpoint.parse(note.text).size] = data
+        if self.waiting and time.monotonic() - self._witnessed_at >= WITNESS_EVERY:
+            self._witnessed_at = time.monotonic()
+            for signer, waiting in self.waiting.items():
+                self._witness(signer, waiting, producer)
+
+    def _witness(self, signer: str, waiting: dict[int, str], producer: KafkaProducer) -> None:
+        """Try the signer's waiting checkpoints smallest first, each on the last cosigned:
+        the tree's order depends on every checkpoint, so none may be skipped."""
+        assert self.witness is not None and self.signer is not None
+        for size in sorted(waiting):
+            verdict = self.witness.check(waiting[size])
+            if verdict.outcome == WAIT:
+                if self._told.get(signer) != verdict.reason:  # once per reason, not per try
+                    self._told[signer] = verdict.reason
+                    log.info("archive: %s checkpoint %d waits: %s", signer, size,
+                             verdict.reason)
+                return
+            del waiting[size]
+            if verdict.outcome == COSIGNED:
+                assert verdict.note is not None
+                producer.send(self.checkpoint_topic, key=self.signer.name.encode(),
+                              value=verdict.note.encode()).get(timeout=30)
+                self.cosigned += 1
+            elif verdict.outcome == REFUSED:
+                self.witness_refused += 1
+                self.last_error = f"refused to cosign {signer} {size}: {verdict.reason}"
+                log.error("archive: REFUSED to cosign %s checkpoint %d: %s", signer, size,
+                          verdict.reason)
+
+    def _keep_cosignatures(self, note: Note) -> None:
+        """Another site's cosignature of one of this site's checkpoints, once it holds."""
+        assert self.signer is not None and self.signer.audit_keys is not None
+        size = Checkpoint.parse(note.text).size
+        issued = self.archive.issued_note(size)
+        if issued is None or Note.parse(issued).text != note.text:
+            log.warning("archive: a cosigned checkpoint %d that this site never issued",
+                        size)
+            return
+        for sig in note.signatures:
+            public = self.signer.audit_keys.get(site_of(sig.name))
+            if sig.name == self.signer.name or public is None:
+                continue
+            try:
+                verify_note(note, Verifier(sig.name, COSIGNATURE_V1, bytes(public)))
+            except NoteError as exc:
+                log.warning("archive: cosignature of checkpoint %d: %s", size, exc)
+                continue
+            self.archive.add_cosignature(size, sig.name, note.encode())
+            self.cosignatures += 1
 
     def _checkpoint_if_due(self, producer: KafkaProducer, force: bool = False) -> None:
         """Every ``signer.every`` seconds, and when the local day changed: sign a
@@ -118,15 +223,16 @@ class ArchiveConsumer:
                       value=note.encode().encode()).get(timeout=30)
         self.checkpoints += 1
 
-    def _assign(self, consumer: KafkaConsumer, stop: threading.Event) -> list[TopicPartition]:
+    def _assign(self, consumer: KafkaConsumer, stop: threading.Event,
+                topics: tuple[str, ...]) -> list[TopicPartition]:
         delay = 0.5
         while not stop.is_set():
             try:
-                tps = [TopicPartition(t, p) for t in self.topics
+                tps = [TopicPartition(t, p) for t in topics
                        for p in sorted(consumer.partitions_for_topic(t) or ())]
             except KafkaError as exc:
                 tps, self.last_error = [], f"{type(exc).__name__}: {exc}"
-            if tps and {tp.topic for tp in tps} == set(self.topics):
+            if tps and {tp.topic for tp in tps} == set(topics):
                 consumer.assign(tps)
                 return tps
             stop.wait(delay)

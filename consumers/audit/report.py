@@ -11,18 +11,21 @@ figures' own names (those of ``motcua counters --json``).
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from consumers.audit.replay import Replay
+from consumers.audit.store import Archive
 from schemas.counters import PROVINCE, node_scope
 from schemas.nodes import all_nodes
+from schemas.note import Checkpoint, Note
 
 #: (figure name, official label) in the report's column order
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -69,7 +72,29 @@ class Meta:
     events: int
     rules: str
     archive: str
-    checkpoint: str | None  # the cosigned checkpoint the figures stand on, when there is one
+    checkpoint: str | None  # the newest cosigned checkpoint, summed up, when there is one
+    checkpoint_note: str | None = None  # that checkpoint's signed note, whole
+    held: int = 0  # events archived beyond a gap in their chain: not counted
+
+
+def cosigned_checkpoint(archive: Archive) -> tuple[int, str, str] | None:
+    """(tree size, summary, signed note) of the archive's newest cosigned checkpoint: a
+    reader checks the note with the sites' public keys (docs/audit.md)."""
+    held = archive.cosigned()
+    if not held:
+        return None
+    size, _, data = held[-1]
+    note = Note.parse(data)
+    cp = Checkpoint.parse(note.text)
+    witnesses = []
+    for sig in note.signatures:
+        if sig.name != cp.origin and len(sig.body) == 72:  # cosignature/v1: time, signature
+            at = datetime.fromtimestamp(int.from_bytes(sig.body[:8], "big"), UTC)
+            witnesses.append(f"{sig.name} lúc {at:%H:%M:%S %d/%m/%Y} UTC")
+    summary = (f"{cp.origin}, cây {size:,} sự kiện".replace(",", ".")
+               + f", gốc {base64.b64encode(cp.root).decode()}; đồng ký: "
+               + ", ".join(witnesses))
+    return size, summary, data
 
 
 def rows(replayed: Replay, start: date, end: date, scope: str | None = None) -> list[Row]:
@@ -97,8 +122,13 @@ def _title(meta: Meta) -> list[str]:
         f"Nguồn: lưu trữ kiểm toán {meta.archive}, {meta.events:,} sự kiện; quy tắc đếm "
         f"phiên bản {meta.rules}".replace(",", "."),
         ("Điểm kiểm tra đã đồng ký: " + meta.checkpoint) if meta.checkpoint else
-        "Điểm kiểm tra đã đồng ký: chưa có (the witnessed checkpoints are not built yet; "
+        "Điểm kiểm tra đã đồng ký: chưa có (no checkpoint of this archive is cosigned yet; "
         "`motcua audit verify` checks the archive itself)",
+        *(["Bản ký đầy đủ: " + " | ".join(meta.checkpoint_note.strip().splitlines())]
+          if meta.checkpoint_note else []),
+        *([f"Không tính {meta.held:,} sự kiện nằm sau một chỗ đứt trong chuỗi của nơi gửi "
+           "(chờ các sự kiện còn thiếu; `motcua audit replay` liệt kê)".replace(",", ".")]
+          if meta.held else []),
     ]
 
 
@@ -152,7 +182,9 @@ def write_csv(table: list[Row], meta: Meta) -> bytes:
 def write_json(table: list[Row], meta: Meta) -> bytes:
     body = {"from": meta.start.isoformat(), "to": meta.end.isoformat(),
             "source": {"archive": meta.archive, "events": meta.events,
-                       "counter_rules": meta.rules, "checkpoint": meta.checkpoint},
+                       "counter_rules": meta.rules, "checkpoint": meta.checkpoint,
+                       "checkpoint_note": meta.checkpoint_note,
+                       "held_beyond_a_gap": meta.held},
             "labels": dict(COLUMNS),
             "rows": [{"kind": r.kind, "code": r.code, "name": r.name, **r.figures}
                      for r in table]}

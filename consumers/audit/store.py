@@ -46,7 +46,7 @@ from infra.db import insert_ignore, make_engine
 from schemas.chain import Link, Place
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
-from schemas.merkle import Tree, leaf_hash
+from schemas.merkle import Frontier, leaf_hash
 from schemas.note import Checkpoint, Note, sign
 
 metadata = MetaData()
@@ -108,6 +108,49 @@ checkpoints = Table(
     Column("issued_at", String(40), nullable=False),
 )
 
+#: The frontier of the tree at each checkpoint (``schemas.merkle.Frontier``): the next
+#: checkpoint appends only its new leaves to it instead of rebuilding the tree.
+frontiers = Table(
+    "archive_frontiers", metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("frontier", String, nullable=False),
+)
+
+#: Cosignatures other sites gave this archive's checkpoints (C2SP cosignature/v1): the
+#: checkpoint's note with the witness's cosignature line, as the witness published it.
+cosignatures = Table(
+    "archive_cosignatures", metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("witness", String(100), primary_key=True),
+    Column("note", String, nullable=False),
+)
+
+#: As a witness: every checkpoint of another site this archive checked against its own
+#: events and cosigned, in order, with the frontier of that tree (what the next must
+#: extend) and the heads it names.
+witnessed = Table(
+    "archive_witnessed", metadata,
+    Column("signer", String(100), primary_key=True),
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", String(64), nullable=False),
+    Column("frontier", String, nullable=False),  # schemas.merkle.Frontier.text()
+    Column("heads", String, nullable=False),  # "<origin> <seq>" lines
+    Column("note", String, nullable=False),  # with this witness's cosignature
+    Column("at", String(40), nullable=False),
+)
+
+#: As a witness: the checkpoints it would not cosign, with why. A signed checkpoint that
+#: contradicts one cosigned before is the proof that its signer forked its history.
+witness_refused = Table(
+    "archive_witness_refused", metadata,
+    Column("signer", String(100), primary_key=True),
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", String(64), primary_key=True),
+    Column("reason", String(500), nullable=False),
+    Column("note", String, nullable=False),
+    Column("at", String(40), nullable=False),
+)
+
 #: Records that were not archived, and why (a forgery, a fork, a chain break, garbage).
 refused = Table(
     "archive_refused", metadata,
@@ -141,6 +184,16 @@ class Refused:
 def head_lines(heads: Mapping[str, tuple[int, str]]) -> tuple[str, ...]:
     """A checkpoint's extension lines: each origin's head, ``head <origin> <seq> <hash>``."""
     return tuple(f"head {o} {seq} {h}" for o, (seq, h) in sorted(heads.items()))
+
+
+def parse_prev(extensions: Iterable[str]) -> int | None:
+    """The size of the checkpoint before this one (``prev <size>``); None in a checkpoint
+    signed before the line existed."""
+    for line in extensions:
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "prev" and parts[1].isdigit():
+            return int(parts[1])
+    return None
 
 
 def parse_heads(extensions: Iterable[str]) -> dict[str, tuple[int, str]]:
@@ -264,6 +317,16 @@ class Archive:
             return {o: int(n) for o, n in conn.execute(
                 select(c.origin, func.max(c.origin_seq)).group_by(c.origin))}
 
+    def seqs(self) -> dict[str, list[int]]:
+        """Every origin's archived seqs, ascending."""
+        c = events.c
+        out: dict[str, list[int]] = {}
+        with self.engine.connect() as conn:
+            for origin, seq in conn.execute(select(c.origin, c.origin_seq)
+                                            .order_by(c.origin, c.origin_seq)):
+                out.setdefault(origin, []).append(int(seq))
+        return out
+
     def chain_starts(self) -> dict[str, str]:
         """Per origin, the hash of its seq 1: which history the archive holds."""
         c = events.c
@@ -347,13 +410,13 @@ class Archive:
                 select(tree.c.origin, func.max(tree.c.origin_seq).label("top"))
                 .group_by(tree.c.origin))}
 
-    def leaves(self, size: int | None = None) -> list[tuple[str, int, bytes]]:
-        """(origin, seq, leaf hash) of the tree's leaves in order, as the index records
-        them (``audit verify`` recomputes them from the segments)."""
+    def leaves(self, size: int | None = None, start: int = 0) -> list[tuple[str, int, bytes]]:
+        """(origin, seq, leaf hash) of the tree's leaves ``start``..``size - 1`` in order,
+        as the index records them (``audit verify`` recomputes them from the segments)."""
         t, e = tree.c, events.c
         query = (select(t.origin, t.origin_seq, e.leaf)
                  .join(events, (e.origin == t.origin) & (e.origin_seq == t.origin_seq))
-                 .order_by(t.leaf_index))
+                 .where(t.leaf_index >= start).order_by(t.leaf_index))
         if size is not None:
             query = query.where(t.leaf_index < size)
         with self.engine.connect() as conn:
@@ -388,22 +451,35 @@ class Archive:
         None if the tree did not grow since the last checkpoint."""
         size = self.extend_tree()
         with self.engine.connect() as conn:
-            last = conn.execute(select(checkpoints.c.size).order_by(checkpoints.c.size.desc())
-                                .limit(1)).scalar_one_or_none()
+            row = conn.execute(select(checkpoints.c.size, checkpoints.c.root)
+                               .order_by(checkpoints.c.size.desc()).limit(1)).first()
+            last = int(row.size) if row is not None else None
+            kept = conn.execute(select(frontiers.c.frontier)
+                                .where(frontiers.c.size == (last or 0))).scalar_one_or_none()
         if last is not None and last >= size:
             return None
-        built = Tree()
-        heads: dict[str, int] = {}
-        for origin, seq, leaf in self.leaves(size):
+        # the last checkpoint's frontier and the new leaves: O(new) instead of O(tree). One
+        # that does not give the last root (an archive from before frontiers were kept)
+        # is rebuilt from the leaves.
+        built = Frontier.parse(kept) if kept is not None else Frontier()
+        if row is not None and built.root().hex() != row.root:
+            built = Frontier()
+        for _, _, leaf in self.leaves(size, built.size):
             built.append(leaf)
-            heads[origin] = seq
+        heads = self.tree_heads()
         hashes = self._hashes(heads)
+        # "prev" names the checkpoint this one extends: the tree's order depends on where
+        # each checkpoint ended, so a witness must see them all, in order
         text = Checkpoint(name, size, built.root(),
-                          head_lines({o: (s, hashes[(o, s)]) for o, s in heads.items()})).text()
+                          (f"prev {last or 0}",
+                           *head_lines({o: (s, hashes[(o, s)]) for o, s in heads.items()}))
+                          ).text()
         note = Note(text, (sign(text, name, key),))
         with self.engine.begin() as conn:
             conn.execute(checkpoints.insert().values(size=size, root=built.root().hex(),
                                                      note=note.encode(), issued_at=issued_at))
+            conn.execute(frontiers.delete().where(frontiers.c.size == size))
+            conn.execute(frontiers.insert().values(size=size, frontier=built.text()))
         return note
 
     def _hashes(self, heads: Mapping[str, int]) -> dict[tuple[str, int], str]:
@@ -423,14 +499,102 @@ class Archive:
             return [(int(r.size), r.root, r.note) for r in conn.execute(
                 select(checkpoints).order_by(checkpoints.c.size))]
 
+    def issued_note(self, size: int) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(checkpoints.c.note)
+                                .where(checkpoints.c.size == size)).scalar_one_or_none()
+
+    def add_cosignature(self, size: int, witness: str, note: str) -> None:
+        with self.engine.begin() as conn:
+            insert_ignore(conn, cosignatures, {"size": size, "witness": witness,
+                                               "note": note})
+
+    def cosigned(self) -> list[tuple[int, str, str]]:
+        """(size, witness, cosigned note) of every cosignature held, oldest first."""
+        with self.engine.connect() as conn:
+            return [(int(r.size), r.witness, r.note) for r in conn.execute(
+                select(cosignatures).order_by(cosignatures.c.size, cosignatures.c.witness))]
+
+    # --- as a witness of another site ---------------------------------------------------
+
+    def leaf_run(self, origin: str, first: int, last: int) -> tuple[list[bytes], str | None]:
+        """The leaf hashes of ``origin``'s seqs ``first``..``last`` held here, up to the
+        first one missing, and the hash of seq ``last`` if held."""
+        e = events.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(e.origin_seq, e.leaf, e.hash).where(
+                e.origin == origin, e.origin_seq >= first, e.origin_seq <= last)
+                .order_by(e.origin_seq)).all()
+        leaves, top = [], None
+        for want, r in zip(range(first, last + 1), rows, strict=False):
+            if int(r.origin_seq) != want:
+                break
+            leaves.append(bytes.fromhex(r.leaf))
+        if rows and int(rows[-1].origin_seq) == last:
+            top = rows[-1].hash
+        return leaves, top
+
+    def last_witnessed(self, signer: str) -> tuple[int, str, str, dict[str, int]] | None:
+        """(size, root hex, frontier text, heads) of the last checkpoint of ``signer``
+        this archive cosigned."""
+        w = witnessed.c
+        with self.engine.connect() as conn:
+            r = conn.execute(select(w.size, w.root, w.frontier, w.heads)
+                             .where(w.signer == signer).order_by(w.size.desc())
+                             .limit(1)).first()
+        if r is None:
+            return None
+        heads = {o: int(n) for o, n in (line.split() for line in r.heads.splitlines())}
+        return int(r.size), r.root, r.frontier, heads
+
+    def was_witnessed(self, signer: str, size: int, root: str) -> bool:
+        w = witnessed.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(w.size).where(w.signer == signer, w.size == size,
+                                                     w.root == root)).first() is not None
+
+    def record_witnessed(self, signer: str, size: int, root: str, frontier: str,
+                         heads: Mapping[str, int], note: str, at: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(witnessed.insert().values(
+                signer=signer, size=size, root=root, frontier=frontier,
+                heads="".join(f"{o} {n}\n" for o, n in sorted(heads.items())), note=note,
+                at=at))
+
+    def record_witness_refusal(self, signer: str, size: int, root: str, reason: str,
+                               note: str, at: str) -> None:
+        with self.engine.begin() as conn:
+            insert_ignore(conn, witness_refused, {"signer": signer, "size": size,
+                                                  "root": root, "reason": reason[:500],
+                                                  "note": note, "at": at})
+
+    def witnessed_notes(self, signer: str | None = None) -> list[tuple[str, int, str, str]]:
+        """(signer, size, root hex, cosigned note) of what this archive cosigned."""
+        w = witnessed.c
+        query = select(w.signer, w.size, w.root, w.note).order_by(w.signer, w.size)
+        if signer is not None:
+            query = query.where(w.signer == signer)
+        with self.engine.connect() as conn:
+            return [(r.signer, int(r.size), r.root, r.note) for r in conn.execute(query)]
+
+    def witness_refusals(self) -> list[tuple[str, int, str, str]]:
+        """(signer, size, reason, note) of the checkpoints this archive would not cosign."""
+        w = witness_refused.c
+        with self.engine.connect() as conn:
+            return [(r.signer, int(r.size), r.reason, r.note) for r in conn.execute(
+                select(w.signer, w.size, w.reason, w.note).order_by(w.at))]
+
     # --- reading the segments -----------------------------------------------------------
 
-    def read(self) -> Iterator[tuple[str, bytes]]:
-        """(segment path, wire bytes) of every committed event, segment by segment in
-        path order, each in the order it was archived."""
+    def read(self, paths: Iterable[str] | None = None) -> Iterator[tuple[str, bytes]]:
+        """(segment path, wire bytes) of every committed event (of the segments ``paths``
+        only, when given), segment by segment in path order, each in the order it was
+        archived."""
         with self.engine.connect() as conn:
             query = select(segments.c.path, segments.c.committed_bytes).order_by(
                 segments.c.path)
+            if paths is not None:
+                query = query.where(segments.c.path.in_(list(paths)))
             committed = [(r.path, int(r.committed_bytes)) for r in conn.execute(query)]
         for path, length in committed:
             with (self.root / path).open("rb") as f:

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from consumers.audit.store import Archive, events, parse_heads, segments
+from consumers.audit.store import Archive, events, parse_heads, parse_prev, segments
+from consumers.audit.witness import site_of
 from schemas.codec import decode
 from schemas.errors import MotcuaError
 from schemas.events import GENESIS_HASH, AnyEvent
 from schemas.integrity import KeyRegistry, check_signature, verify
 from schemas.merkle import Tree, leaf_hash
-from schemas.note import ED25519, Checkpoint, Note, NoteError, Verifier
+from schemas.note import COSIGNATURE_V1, ED25519, Checkpoint, Note, NoteError, Verifier
 from schemas.note import verify as verify_note
 
 
@@ -56,6 +57,9 @@ class Report:
     origins: int = 0
     signatures_checked: int = 0
     checkpoints: int = 0
+    cosigned: int = 0  # this archive's checkpoints with a valid cosignature
+    latest_cosigned: str | None = None  # the newest cosigned checkpoint's note
+    witnessed: int = 0  # checkpoints of this archive a witness's own archive holds
     problems: list[Problem] | None = None
 
     @property
@@ -64,10 +68,12 @@ class Report:
 
 
 def verify_archive(archive: Archive, registry: KeyRegistry, signatures: str = "all",
-                   workers: int | None = None, audit_keys: KeyRegistry | None = None
-                   ) -> Report:
+                   workers: int | None = None, audit_keys: KeyRegistry | None = None,
+                   witnesses: Sequence[Archive] = ()) -> Report:
     """Everything the module docstring lists; ``signatures`` is ``all`` or ``heads``.
-    With ``audit_keys`` (the sites' checkpoint keys), the archive's signed checkpoints too."""
+    With ``audit_keys`` (the sites' checkpoint keys), the archive's signed checkpoints and
+    their cosignatures too; and with ``witnesses`` (the other sites' archives), the
+    checkpoints of this archive each witness cosigned, from its own record."""
     problems: list[Problem] = []
     report = Report(problems=problems)
     with archive.engine.connect() as conn:
@@ -136,11 +142,29 @@ def verify_archive(archive: Archive, registry: KeyRegistry, signatures: str = "a
                                         f"{seq - 1}: the chain was broken or rewritten"))
     checked = heads if signatures == "heads" else \
         [e for origin in sorted(chains) for _, e in sorted(chains[origin].items())]
-    problems.extend(_signatures(checked, registry, workers))
+    problems.extend(check_signatures(checked, registry, workers))
     report.signatures_checked = len(checked)
     if audit_keys is not None:
-        report.checkpoints = verify_checkpoints(archive.issued(), chains, leaf_of, audit_keys,
-                                                problems)
+        issued = archive.issued()
+        report.checkpoints = verify_checkpoints(issued, chains, leaf_of, audit_keys, problems)
+        _cosignatures(archive, issued, audit_keys, report, problems)
+        # whose checkpoints to take from a witness: this archive's signer, or (when its own
+        # were deleted) everyone's the witness holds
+        signers: list[str | None] = [*sorted({o for _, _, n in issued
+                                              if (o := _origin(n)) is not None})]
+        signers = signers or [None]
+        for witness in witnesses:
+            for signer in signers:
+                held = witness.witnessed_notes(signer)
+                name = f"the witness archive {witness.root}"
+                verify_checkpoints([(size, r, n) for _, size, r, n in held], chains, leaf_of,
+                                   audit_keys, problems, name)
+                report.witnessed += len(held)
+                # what the witness refused to cosign: a signed checkpoint of another history
+                for who, size, reason, _note in witness.witness_refusals():
+                    if signer is None or who == signer:
+                        problems.append(Problem("", None, f"{name} refused to cosign "
+                                                f"checkpoint {size} of {who}: {reason}"))
     problems.sort(key=lambda p: (p.origin, p.seq or 0, p.reason))
     return report
 
@@ -148,26 +172,33 @@ def verify_archive(archive: Archive, registry: KeyRegistry, signatures: str = "a
 def verify_checkpoints(issued: Sequence[tuple[int, str, str]],
                        chains: dict[str, dict[int, AnyEvent]],
                        leaf_of: dict[tuple[str, int], bytes], audit_keys: KeyRegistry,
-                       problems: list[Problem]) -> int:
-    """Each signed checkpoint, oldest first: its signature (the site's checkpoint key), and
-    the tree its heads name rebuilt from the events the segments hold now (leaves appended
-    checkpoint by checkpoint, origins in order, each origin's new seqs in order). A history
-    rewritten after a checkpoint was signed, even re-signed with the origins' own keys,
-    gives another root; the origin and seq where it differs are named."""
+                       problems: list[Problem], held_by: str = "the archive") -> int:
+    """Each signed checkpoint, oldest first: its signature (the site's checkpoint key), that
+    it extends the one before (its ``prev`` line), and the tree its heads name rebuilt from
+    the events the segments hold now (leaves appended checkpoint by checkpoint, origins in
+    order, each origin's new seqs in order). A history rewritten after a checkpoint was
+    signed, even re-signed with the origins' own keys, gives another root; the origin and
+    seq where it differs are named. ``held_by`` says whose record of checkpoints it is."""
     built = Tree()
     heads: dict[str, int] = {}
     for size, _root, text in issued:
         try:
             note = Note.parse(text)
             cp = Checkpoint.parse(note.text)
-            site = cp.origin.rsplit("/", 1)[-1]
+            site = site_of(cp.origin)
             public = audit_keys.get(site)
             if public is None:
                 raise NoteError(f"no checkpoint key for {site!r}")
             verify_note(note, Verifier(cp.origin, ED25519, bytes(public)))
         except NoteError as exc:
-            problems.append(Problem("", None, f"checkpoint of size {size}: {exc}"))
+            problems.append(Problem("", None, f"checkpoint of size {size} ({held_by}): {exc}"))
             continue
+        prev = parse_prev(cp.extensions)
+        if prev is not None and prev != built.size:
+            problems.append(Problem("", None, f"checkpoint {cp.size} ({held_by}) extends "
+                                    f"checkpoint {prev}, but the one before it is "
+                                    f"{built.size}: one is missing or was replaced"))
+            return len(issued)
         named = parse_heads(cp.extensions)
         broken = False
         for origin in sorted(named):
@@ -176,25 +207,56 @@ def verify_checkpoints(issued: Sequence[tuple[int, str, str]],
                 leaf = leaf_of.get((origin, seq))
                 if leaf is None:
                     problems.append(Problem(origin, seq, f"missing, though checkpoint "
-                                            f"{cp.size} covers it"))
+                                            f"{cp.size} ({held_by}) covers it"))
                     broken = True
                     break
                 built.append(leaf)
             held = chains.get(origin, {}).get(top)
             if held is not None and held.hash != head_hash:
                 problems.append(Problem(origin, top, f"not the event checkpoint {cp.size} "
-                                        "signed as this origin's head: the chain was "
-                                        "rewritten after it"))
+                                        f"({held_by}) signed as this origin's head: the "
+                                        "chain was rewritten after it"))
             heads[origin] = top
         if broken:
             return len(issued)
         if built.size != cp.size or built.root() != cp.root:
-            problems.append(Problem("", None, f"checkpoint {cp.size}: the archived events "
+            problems.append(Problem("", None, f"checkpoint {cp.size} ({held_by}): the "
+                                    "archived events "
                                     f"give a tree of {built.size} with root "
                                     f"{built.root().hex()[:16]}…, not the signed "
                                     f"{cp.root.hex()[:16]}…"))
             return len(issued)
     return len(issued)
+
+
+def _cosignatures(archive: Archive, issued: Sequence[tuple[int, str, str]],
+                  audit_keys: KeyRegistry, report: Report, problems: list[Problem]) -> None:
+    """Every cosignature held must be another site's valid cosignature/v1 of a checkpoint
+    this archive issued, word for word."""
+    issued_at = {size: note for size, _, note in issued}
+    for size, witness, data in archive.cosigned():
+        try:
+            note = Note.parse(data)
+            if size not in issued_at or Note.parse(issued_at[size]).text != note.text:
+                raise NoteError("it cosigns a text this archive's checkpoint does not have "
+                                "(the checkpoint was replaced after it was cosigned)")
+            public = audit_keys.get(site_of(witness))
+            if public is None:
+                raise NoteError(f"no checkpoint key for the witness {witness!r}")
+            verify_note(note, Verifier(witness, COSIGNATURE_V1, bytes(public)))
+        except NoteError as exc:
+            problems.append(Problem("", None, f"cosignature of checkpoint {size} by "
+                                    f"{witness}: {exc}"))
+            continue
+        report.cosigned += 1
+        report.latest_cosigned = data
+
+
+def _origin(data: str) -> str | None:
+    try:
+        return Checkpoint.parse(Note.parse(data).text).origin
+    except NoteError:
+        return None  # verify_checkpoints names it
 
 
 def _lines(archive: Archive, path: str, length: int, problems: list[Problem]
@@ -254,15 +316,24 @@ def _runs(seqs: Sequence[int]) -> Iterator[tuple[int, int]]:
         yield start, prev  # type: ignore[misc]
 
 
-def _signatures(checked: Sequence[AnyEvent], registry: KeyRegistry, workers: int | None
-                ) -> list[Problem]:
-    def chunk(part: Sequence[AnyEvent]) -> list[Problem]:
+def check_signatures(checked: Sequence[AnyEvent], registry: KeyRegistry, workers: int | None
+                     ) -> list[Problem]:
+    """Each event's signature by its origin, on ``workers`` threads (default: every core;
+    libsodium runs without the GIL)."""
+    return [Problem(e.origin, e.origin_seq, reason)
+            for e, reason in bad_signatures(checked, registry, workers)]
+
+
+def bad_signatures(checked: Sequence[AnyEvent], registry: KeyRegistry, workers: int | None
+                   ) -> list[tuple[AnyEvent, str]]:
+    """The events among ``checked`` whose signature does not hold, and why."""
+    def chunk(part: Sequence[AnyEvent]) -> list[tuple[AnyEvent, str]]:
         out = []
         for event in part:
             try:
                 check_signature(event, registry)
             except MotcuaError as exc:
-                out.append(Problem(event.origin, event.origin_seq, str(exc)))
+                out.append((event, str(exc)))
         return out
     n = max(1, workers or os.cpu_count() or 1)
     size = max(1, -(-len(checked) // (n * 4)))

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from consumers.audit.archive import ArchiveConsumer, Signer, checkpoint_name
+from consumers.audit.archive import ArchiveConsumer, Signer
 from consumers.audit.store import Archive
+from consumers.audit.witness import checkpoint_name
 from infra.cli.args import parse_date
 from infra.cli.bootstrap import provision
 from infra.cli.streams import parse_scope
@@ -26,8 +27,14 @@ from schemas.topics import COUNTERS
 Say = Callable[[str], None]
 
 
-def archive_dir(settings: Settings, given: str | None) -> Path:
-    return Path(given) if given else settings.data_dir / "archive"
+def archive_dir(settings: Settings, given: str | None, site: str | None = None) -> Path:
+    """``--dir``, or the site's archive: ``archive`` for Phố Hiến (and an unsigned one),
+    ``archive-<site>`` for another."""
+    if given:
+        return Path(given)
+    if site is None or site == SITES[0]:
+        return settings.data_dir / "archive"
+    return settings.data_dir / f"archive-{site}"
 
 
 def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
@@ -39,7 +46,7 @@ def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     logging.basicConfig(level=args.loglevel,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
-    root = archive_dir(settings, args.dir).resolve()
+    root = archive_dir(settings, args.dir, args.site).resolve()
     archive = Archive.open(root)
     try:
         for line in archive.repair():  # open() repaired already; this only lists leftovers
@@ -48,10 +55,12 @@ def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         say(f"archive: {root} holds {held:,} events ({refused:,} records refused)")
         signer = None
         if args.site:
-            key = audit_keys(settings, [args.site])(args.site)
-            signer = Signer(checkpoint_name(args.site), key, args.checkpoint_every)
+            keys = audit_keys(settings)
+            signer = Signer(checkpoint_name(args.site), keys(args.site), args.checkpoint_every,
+                            load_registry(settings.keys_path / "audit"))
             say(f"archive: signs a checkpoint every {args.checkpoint_every:g} s as "
-                f"{signer.name} (key in {settings.keys_path / 'audit'})")
+                f"{signer.name} and cosigns the other site's (keys in "
+                f"{settings.keys_path / 'audit'})")
         consumer = ArchiveConsumer(archive, settings.kafka_config(settings.bootstrap),
                                    registry, prefix=settings.topic_prefix, signer=signer)
         with StopSignals() as signals:
@@ -66,16 +75,24 @@ def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         archive.close()
 
 
-def audit_keys(settings: Settings, sites: list[str]) -> Keyring:
-    """The sites' checkpoint keys (``<keys>/audit``, created if missing; their public keys
-    in that folder's registry.json)."""
-    init_keystore(settings.keys_path / "audit", sites)
-    return Keyring(settings.keys_path / "audit")
+def audit_keys(settings: Settings) -> Keyring:
+    """The sites' checkpoint keys (``<keys>/audit``, created if missing; both sites' public
+    keys in that folder's registry.json: each witnesses the other)."""
+    folder = settings.keys_path / "audit"
+    try:
+        init_keystore(folder, SITES)
+    except FileExistsError:  # the other site's archive, started at once, made it first
+        time.sleep(0.5)
+        init_keystore(folder, SITES)
+    return Keyring(folder)
 
 
 def _line(consumer: ArchiveConsumer) -> str:
     line = (f"archive: {consumer.archived:,} events archived, {consumer.refused:,} refused, "
-            f"{consumer.checkpoints:,} checkpoints signed")
+            f"{consumer.checkpoints:,} checkpoints signed, {consumer.cosignatures:,} "
+            f"cosignatures received, {consumer.cosigned:,} of the other site's cosigned")
+    if consumer.witness_refused:
+        line += f", {consumer.witness_refused:,} REFUSED"
     return line + (f"; last error: {consumer.last_error}" if consumer.last_error else "")
 
 
@@ -86,24 +103,39 @@ def _open_for_reading(settings: Settings, given: str | None) -> Archive:
 def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     if args.action == "replay":
         return cmd_replay(args, settings, say)
+    if args.action in ("prove", "check"):
+        return cmd_prove(args, settings, say)
+    if args.source == "kafka":
+        return cmd_verify_kafka(args, settings, say)
     from consumers.audit.verify import verify_archive
 
     registry = load_registry(settings.keys_path)
     archive = _open_for_reading(settings, args.dir)
+    witnesses = [Archive.reader(Path(w).resolve()) for w in args.witness or []]
+    if not args.witness and not args.dir:  # `motcua up`'s: the other site's, if it exists
+        others = [archive_dir(settings, None, site).resolve() for site in SITES[1:]]
+        witnesses = [Archive.reader(w) for w in others if (w / "index.db").exists()]
     try:
         started = time.perf_counter()
         audit_registry = settings.keys_path / "audit" / "registry.json"
         audit_keys = load_registry(audit_registry) if audit_registry.exists() else None
-        report = verify_archive(archive, registry, args.signatures, audit_keys=audit_keys)
+        report = verify_archive(archive, registry, args.signatures, audit_keys=audit_keys,
+                                witnesses=witnesses)
         took = time.perf_counter() - started
     finally:
         archive.close()
+        for w in witnesses:
+            w.close()
     problems = report.problems or []
     if args.json:
         say(json.dumps({"archive": str(archive.root), "events": report.events,
                         "origins": report.origins, "signatures": args.signatures,
                         "signatures_checked": report.signatures_checked,
                         "checkpoints_checked": report.checkpoints,
+                        "checkpoints_cosigned": report.cosigned,
+                        "latest_cosigned": report.latest_cosigned,
+                        "witnesses": [str(w.root) for w in witnesses],
+                        "checkpoints_witnessed": report.witnessed,
                         "problems": [{"origin": p.origin, "seq": p.seq, "reason": p.reason}
                                      for p in problems]}, ensure_ascii=False, indent=2))
     else:
@@ -111,10 +143,84 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, say: Say) -> int:
             say(f"PROBLEM {p}")
         say(f"audit verify: {report.events:,} events of {report.origins} origins in "
             f"{archive.root}; signatures: {args.signatures} ({report.signatures_checked:,} "
-            f"checked); {report.checkpoints} signed checkpoints checked; "
+            f"checked); {report.checkpoints} signed checkpoints checked, "
+            f"{report.cosigned} cosigned"
+            + (f", {report.witnessed} in the witness's record "
+               f"({', '.join(str(w.root) for w in witnesses)})" if witnesses else "")
+            + "; "
             f"{len(problems)} problem{'s' if len(problems) != 1 else ''}; "
             f"{took:.1f} s")
     return 1 if problems else 0
+
+
+def cmd_verify_kafka(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    """``audit verify --source kafka``: the event topics checked, and against the archive."""
+    from consumers.audit.kafka_source import read_log, verify_log
+
+    registry = load_registry(settings.keys_path)
+    root = archive_dir(settings, args.dir).resolve()
+    archive = Archive.reader(root) if (root / "index.db").exists() else None
+    try:
+        started = time.perf_counter()
+        report = verify_log(read_log(settings.kafka_config(settings.bootstrap),
+                                     settings.topic_prefix, args.timeout),
+                            registry, args.signatures, archive)
+        took = time.perf_counter() - started
+    finally:
+        if archive is not None:
+            archive.close()
+    if args.json:
+        say(json.dumps({"source": "kafka", "archive": str(root) if archive else None,
+                        "records": report.records, "events": len(report.events),
+                        "signatures": args.signatures,
+                        "signatures_checked": report.signatures_checked,
+                        "compared_with_archive": report.compared,
+                        "problems": [{"origin": o, "seq": n, "reason": r}
+                                     for o, n, r in report.problems]},
+                       ensure_ascii=False, indent=2))
+    else:
+        for origin, seq, reason in report.problems:
+            say(f"PROBLEM {origin or '?'}{f' seq {seq}' if seq is not None else ''}: {reason}")
+        against = (f"{report.compared:,} compared with the archive in {root}" if archive
+                   else f"no archive in {root} to compare with")
+        say(f"audit verify --source kafka: {report.records:,} records, "
+            f"{len(report.events):,} intact events; signatures: {args.signatures} "
+            f"({report.signatures_checked:,} checked); {against}; {len(report.problems)} "
+            f"problem{'s' if len(report.problems) != 1 else ''}; {took:.1f} s")
+    return 1 if report.problems else 0
+
+
+def cmd_prove(args: argparse.Namespace, settings: Settings, say: Say) -> int:
+    """``prove DOSSIER_ID``: the proof document; ``check FILE``: check one."""
+    from consumers.audit.prove import check_proof, prove
+
+    if not args.target:
+        raise MotcuaError(f"audit {args.action} needs "
+                          f"{'a dossier id' if args.action == 'prove' else 'a proof file'}")
+    if args.action == "prove":
+        archive = _open_for_reading(settings, args.dir)
+        try:
+            doc = prove(archive, args.target)
+        finally:
+            archive.close()
+        say(json.dumps(doc, ensure_ascii=False, indent=1))
+        return 0
+    path = Path(args.target)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MotcuaError(f"{path.resolve()}: not a readable JSON proof ({exc})") from None
+    keys = settings.keys_path / "audit" / "registry.json"
+    if not keys.exists():
+        raise MotcuaError(f"no sites' public keys at {keys}")
+    try:
+        held = check_proof(doc, load_registry(keys))
+    except MotcuaError as exc:
+        say(f"PROBLEM {path.resolve()}: {exc}")
+        return 1
+    for line in held:
+        say(f"ok: {line}")
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
@@ -123,13 +229,26 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     from streams.reader import read_snapshots
 
     _check_period(args, "audit replay")
-    archive = _open_for_reading(settings, args.dir)
-    try:
-        started = time.perf_counter()
-        result = replay(archive)
-        took = time.perf_counter() - started
-    finally:
-        archive.close()
+    started = time.perf_counter()
+    if args.source == "kafka":
+        from consumers.audit.kafka_source import read_log, verify_log
+        from consumers.audit.replay import replay_events
+
+        log = verify_log(read_log(settings.kafka_config(settings.bootstrap),
+                                  settings.topic_prefix, args.timeout),
+                         load_registry(settings.keys_path), "all")
+        refused = [f"{origin or '?'}{f' seq {seq}' if seq is not None else ''}: {reason}"
+                   for origin, seq, reason in log.problems]
+        result = replay_events(log.events)
+        where = f"the event topics at {settings.bootstrap}"
+    else:
+        archive = _open_for_reading(settings, args.dir)
+        try:
+            result = replay(archive)
+        finally:
+            archive.close()
+        where, refused = str(archive.root), []
+    took = time.perf_counter() - started
     replayed = result.figures(args.scope, args.start, args.end).as_dict()
     live: dict[str, object] | None = None
     if not args.no_live:
@@ -138,13 +257,23 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         live = scope_figures(snaps, args.scope, args.start, args.end).as_dict()
     differ = differences(replayed, live) if live is not None else []
     if args.json:
-        say(json.dumps({"source": "archive", "archive": str(archive.root),
+        say(json.dumps({"source": args.source, "from_where": where,
                         "counter_rules": result.rules, "events": result.events,
+                        "held_beyond_a_gap": [{"origin": o, "seq": n}
+                                              for o, n in result.held],
+                        "not_counted": refused,
                         "replay": replayed, "live": live, "differences": differ},
                        ensure_ascii=False, indent=1))
     else:
         say(f"audit replay: {args.scope} {args.start} … {args.end} from {result.events:,} "
-            f"archived events ({archive.root}), counter rules v{result.rules}, {took:.1f} s")
+            f"events ({where}), counter rules v{result.rules}, {took:.1f} s")
+        for line in refused:
+            say(f"  NOT COUNTED: {line}")
+        if result.held:
+            where = ", ".join(f"{o} seq {n}" for o, n in result.held[:10])
+            say(f"  NOT COUNTED: {len(result.held):,} events archived beyond a gap in their "
+                f"origin's chain ({where}{', …' if len(result.held) > 10 else ''}); they "
+                "count once the events before them arrive (docs/audit.md)")
         say(f"  {'measure':<28} {'replay':>12} {'live':>12}")
         for key, value in replayed.items():
             if key in ("scope", "from", "to"):
@@ -160,7 +289,14 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
 
 def cmd_report(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     from consumers.audit.replay import replay
-    from consumers.audit.report import Meta, rows, write_csv, write_json, write_xlsx
+    from consumers.audit.report import (
+        Meta,
+        cosigned_checkpoint,
+        rows,
+        write_csv,
+        write_json,
+        write_xlsx,
+    )
 
     _check_period(args, "report")
     if args.format == "xlsx" and not args.out:
@@ -171,11 +307,15 @@ def cmd_report(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         raise MotcuaError(f"--out {out}: the folder {out.parent} does not exist")
     archive = _open_for_reading(settings, args.dir)
     try:
-        result = replay(archive)
+        # a report stands on the newest cosigned checkpoint: exactly its events are counted
+        cosigned = cosigned_checkpoint(archive)
+        result = replay(archive, cosigned[0] if cosigned else None)
     finally:
         archive.close()
     table = rows(result, args.start, args.end, args.scope)
-    meta = Meta(args.start, args.end, result.events, result.rules, str(archive.root), None)
+    _, summary, note = cosigned or (None, None, None)
+    meta = Meta(args.start, args.end, result.events, result.rules, str(archive.root),
+                summary, note, len(result.held))
     if args.format == "xlsx":
         assert out is not None
         write_xlsx(out, table, meta)
@@ -219,15 +359,26 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: S
 
     a = sub.add_parser("audit", help="check the audit archive (verify) and recompute "
                        "figures from it (replay)")
-    a.add_argument("action", choices=["verify", "replay"],
+    a.add_argument("action", choices=["verify", "replay", "prove", "check"],
                    help="verify: is the archive complete and untampered (every problem named "
                    "by origin and seq; exit 1 on any); replay: a period's figures from the "
-                   "archived events, beside the live ones (exit 1 if they differ)")
+                   "archived events, beside the live ones (exit 1 if they differ); prove "
+                   "DOSSIER_ID: the dossier's events with inclusion proofs against the newest "
+                   "cosigned checkpoint (JSON); check FILE: check such a proof with the "
+                   "sites' public keys")
+    a.add_argument("target", nargs="?", help="prove: a dossier id; check: a proof file")
     a.add_argument("--dir", help="the archive's folder (default: $MOTCUA_DATA_DIR/archive)")
     a.add_argument("--signatures", choices=["all", "heads"], default="all",
                    help="check every event's signature (all, on every core) or each "
                    "origin's last one (heads: enough once hashes and links hold; "
                    "docs/audit.md)")
+    a.add_argument("--witness", action="append", metavar="DIR",
+                   help="verify: a witness site's archive; the checkpoints it cosigned must "
+                   "hold against this archive (default without --dir: the other site's "
+                   "archive of `motcua up`, if there is one)")
+    a.add_argument("--source", choices=["archive", "kafka"], default="archive",
+                   help="verify, replay: read the archive (default) or the event topics "
+                   "(verify then also compares them with the archive)")
     a.add_argument("--json", action="store_true", help="the report as JSON")
     a.add_argument("--scope", type=parse_scope, default=PROVINCE,
                    help="replay: province, site:ID or commune:CODE")
@@ -238,7 +389,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: S
     a.add_argument("--no-live", action="store_true",
                    help="replay: do not read the live figures from Kafka")
     a.add_argument("--timeout", type=float, default=30.0,
-                   help="replay: seconds to read the counters topic to its end")
+                   help="seconds without progress before reading a topic to its end is "
+                   "given up")
     a.set_defaults(func=lambda a_, s: cmd_audit(a_, s, say))
 
     p = sub.add_parser("archive", help="keep the audit archive: every verified event, in "

@@ -5,10 +5,10 @@ the registry topics, makes sure the node keystore exists, opens the node store (
 in ``var/nodes.db`` unless ``MOTCUA_DB_URL``), runs the outbox relay and the simulator (July
 2025, an office hour per minute by default), a stream worker (``motcua streams``, a child
 process) whose live figures ``motcua counters`` prints, the wall boards (``motcua display``,
-a child process; it prints their URL), the audit archive (``motcua archive``, a child
-process), and the sync consumers of both sites and three communes (``motcua sync --node
-ID`` each, child processes; ``motcua sync status`` shows their lag). Ctrl-C (SIGINT) or
-SIGTERM stops everything in reverse order of start.
+a child process; it prints their URL), the audit archives (``motcua archive``, one per
+site, each witnessing the other, child processes), and the sync consumers of both sites
+and three communes (``motcua sync --node ID`` each, child processes; ``motcua sync status``
+shows their lag). Ctrl-C (SIGINT) or SIGTERM stops everything in reverse order of start.
 
 The embedded broker keeps nothing across restarts, while the node store does: on start with
 a fresh embedded broker every stored event is marked unpublished, so the relay rebuilds the
@@ -38,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.audit.store import Archive
 from infra.broker import EmbeddedBroker, die_with_parent
-from infra.cli.audit import archive_dir
+from infra.cli.audit import archive_dir, audit_keys
 from infra.cli.bootstrap import open_replica, provision, replica_exists
 from infra.cli.display import board_url
 from infra.kafka.cluster import KafkaCluster, lib_dir
@@ -51,7 +51,7 @@ from producers.service import DossierService
 from producers.sim.simulator import Simulator
 from schemas.errors import MotcuaError
 from schemas.keys import Keyring, init_keystore
-from schemas.nodes import get_node, node_ids
+from schemas.nodes import SITES, get_node, node_ids
 from streams.store import reset_store, stored_progress
 
 Say = Callable[[str], None]
@@ -123,7 +123,8 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
                 say("streams: store emptied (its positions were in the previous broker's log); "
                     "refolding from the new log")
             _reset_replicas(settings, engine, say)
-            _reset_archive(settings, engine, say)
+            for site in SITES:
+                _reset_archive(settings, engine, say, site)
         worker = _start_child(settings, bootstrap, "streams", ["streams"])
         stack.callback(_stop_child, worker)
         say(f"streams: worker pid {worker.pid}, store {settings.streams_store_url}, log "
@@ -132,13 +133,17 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         stack.callback(_stop_child, display)
         say(f"display: wall boards at {board_url(settings.display_host, settings.display_port)}"
             f" (pid {display.pid}, log {settings.data_dir / 'log' / 'display.log'})")
-        # one archive on one machine: it signs its checkpoints as Phố Hiến (the witness of
-        # the other site is not built yet, docs/audit.md)
-        archiver = _start_child(settings, bootstrap, "archive",
-                                ["archive", "--site", "site-phohien"])
-        stack.callback(_stop_child, archiver)
-        say(f"archive: every verified event into {archive_dir(settings, None)} (pid "
-            f"{archiver.pid}, log {settings.data_dir / 'log' / 'archive.log'})")
+        # one archive per provincial site, as in production: each signs its checkpoints
+        # and cosigns the other's (docs/audit.md)
+        audit_keys(settings)  # both keys before both children, which would race to make them
+        archivers: dict[str, subprocess.Popen[bytes]] = {}
+        for site in SITES:
+            archivers[site] = _start_child(settings, bootstrap, _archive_log(site),
+                                           ["archive", "--site", site])
+            stack.callback(_stop_child, archivers[site])
+        say("archive: every verified event, twice, each site witnessing the other: "
+            + "; ".join(f"{site} in {archive_dir(settings, None, site)} (pid {child.pid})"
+                        for site, child in archivers.items()))
         syncs: dict[str, subprocess.Popen[bytes]] = {}
         for node in [get_node(n).id for n in settings.sync_node_ids]:  # unknown: stop here
             syncs[node] = _start_child(settings, bootstrap, f"sync-{node}",
@@ -164,7 +169,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         name = signals.wait(lambda: say(_progress(sim, relay, engine, worker, settings)
                                         + "; " + _sync_status(syncs, settings)
                                         + _display_status(display, settings)
-                                        + _archive_status(archiver, settings)),
+                                        + _archive_status(archivers, settings)),
                             watch=lambda: _broker_gone(broker, cluster))
         if name.startswith("error:"):
             say(f"{name}; stopping")
@@ -240,11 +245,11 @@ def _reset_replicas(settings: Settings, engine: Engine, say: Say) -> None:
             replica.engine.dispose()
 
 
-def _reset_archive(settings: Settings, engine: Engine, say: Say) -> None:
+def _reset_archive(settings: Settings, engine: Engine, say: Say, site: str) -> None:
     """As for the replicas: the archive reads the new log from its start (what it holds
     comes again as duplicates). An archive of another history than the node stores is
     never emptied (it is evidence): it is moved aside, and a new one begins."""
-    root = archive_dir(settings, None)
+    root = archive_dir(settings, None, site)
     if not (root / "index.db").exists():
         return
     starts = store.chain_starts(engine)
@@ -256,17 +261,20 @@ def _reset_archive(settings: Settings, engine: Engine, say: Say) -> None:
     finally:
         archive.close()
     if other:
-        aside = root.with_name(f"archive.{datetime.now(UTC):%Y%m%dT%H%M%S}")
+        aside = root.with_name(f"{root.name}.{datetime.now(UTC):%Y%m%dT%H%M%S}")
         root.rename(aside)
         say(f"archive: it held another history than the node stores ({len(other)} origins); "
             f"moved aside to {aside.resolve()}, a new archive begins")
 
 
-def _archive_status(archiver: subprocess.Popen[bytes], settings: Settings) -> str:
-    if archiver.poll() is None:
-        return ""
-    return (f"; archive exited with {archiver.returncode} (see "
-            f"{settings.data_dir / 'log' / 'archive.log'})")
+def _archive_log(site: str) -> str:
+    return "archive" if site == SITES[0] else f"archive-{site}"
+
+
+def _archive_status(archivers: dict[str, subprocess.Popen[bytes]], settings: Settings) -> str:
+    return "".join(f"; the archive of {site} exited with {child.returncode} (see "
+                   f"{settings.data_dir / 'log' / (_archive_log(site) + '.log')})"
+                   for site, child in archivers.items() if child.poll() is not None)
 
 
 def _sync_status(syncs: dict[str, subprocess.Popen[bytes]], settings: Settings) -> str:

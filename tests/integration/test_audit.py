@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import time
 from collections import defaultdict
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,11 @@ from infra.db import make_engine
 from schemas.codec import decode, encode
 from schemas.integrity import seal
 from schemas.keys import Keyring
+from schemas.note import Checkpoint
 from tests.conftest import Broker, unique_prefix
 from tests.factories import Chain
 from tests.integration.test_broker import cli_env
-from tests.streams_support import CliProcess, Workload, produce, provision, simulate, three_receipts
-
-
-@pytest.fixture(scope="module")
-def day(tmp_path_factory: pytest.TempPathFactory) -> Workload:
-    """One simulated day at 1/20 scale: every lifecycle, ~2,000 events, 106 origins."""
-    return simulate(tmp_path_factory.mktemp("auditday"), date(2025, 7, 1), date(2025, 7, 1),
-                    scale=0.05)
+from tests.streams_support import CliProcess, Workload, produce, provision, three_receipts
 
 
 def archiver(tmp: Path, broker: Broker, prefix: str, keys: Path) -> CliProcess:
@@ -175,7 +169,7 @@ def test_up_keeps_an_archive_of_the_same_history_and_moves_one_of_another_aside(
                    [], {("dossier-events", 0): 3})
     archive.close()
     said: list[str] = []
-    _reset_archive(settings, first, said.append)
+    _reset_archive(settings, first, said.append, "site-phohien")
     archive = Archive.open(root)
     assert archive.counts() == (3, 0) and archive.positions() == {} and not said
     archive.append([], [], {("dossier-events", 0): 3})
@@ -183,7 +177,7 @@ def test_up_keeps_an_archive_of_the_same_history_and_moves_one_of_another_aside(
 
     # new node stores: the same places, new events
     second = three_receipts(tmp_path / "second.db", keys)
-    _reset_archive(settings, second, said.append)
+    _reset_archive(settings, second, said.append, "site-phohien")
     assert not root.exists() and "moved aside" in said[0]
     aside = next((tmp_path / "var").glob("archive.*"))
     kept = Archive.open(aside)
@@ -505,7 +499,7 @@ def test_a_chain_rewritten_with_its_own_key_after_a_checkpoint_is_named(
     hold; only the site's signed checkpoint shows it, naming the origin."""
     from datetime import timedelta
 
-    from consumers.audit.archive import checkpoint_name
+    from consumers.audit.witness import checkpoint_name
     from schemas.keys import init_keystore
 
     audit = tmp_path / "audit"
@@ -565,7 +559,8 @@ def test_the_archive_publishes_signed_checkpoints_that_verify(
     proc = archiver(tmp_path, broker, prefix, day.keys_dir)
     proc.run("archive", "--site", "site-thaibinh", "--checkpoint-every", "1")
     try:
-        wait_archived(tmp_path / "var" / "archive", len(day.records), 0, proc)
+        # Thái Bình's archive has its own folder beside Phố Hiến's (both run in `up`)
+        wait_archived(tmp_path / "var" / "archive-site-thaibinh", len(day.records), 0, proc)
         records = read_all(kafka_config, [prefix + CHECKPOINTS], 1, timeout=30)
         deadline = time.monotonic() + 30
         while Checkpoint.parse(Note.parse(records[-1].value.decode()).text).size < \
@@ -583,9 +578,11 @@ def test_the_archive_publishes_signed_checkpoints_that_verify(
     verify_note(note, Verifier("hungyen.motcua/site-thaibinh", ED25519, bytes(public)))
     cp = Checkpoint.parse(note.text)
     assert cp.size == len(day.records)
-    assert len(cp.extensions) == len({orjson.loads(v)["origin"] for _, _, v in day.records})
+    assert cp.extensions[0].startswith("prev ")  # the checkpoint it extends
+    assert len(cp.extensions) - 1 == len({orjson.loads(v)["origin"] for _, _, v in day.records})
     # and audit verify checks them all against the archive
-    assert _problems(tmp_path / "var" / "archive", day, "heads", day.keys_dir / "audit") == []
+    assert _problems(tmp_path / "var" / "archive-site-thaibinh", day, "heads",
+                     day.keys_dir / "audit") == []
 
 
 def test_a_checkpoint_interval_that_is_not_positive_is_refused(
@@ -600,3 +597,117 @@ def test_a_checkpoint_interval_that_is_not_positive_is_refused(
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--checkpoint-every -1" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_an_event_beyond_a_gap_counts_nowhere_until_the_gap_fills(
+        tmp_path: Path, day: Workload) -> None:
+    """The rule for a validly signed event whose seq leaps ahead of its origin's head
+    (docs/audit.md): archived as evidence, but in no checkpoint, no replay and no report
+    until the events before it arrive; `audit verify` names the gap."""
+    from consumers.audit.replay import replay
+    from consumers.audit.witness import checkpoint_name
+    from schemas.counters import PROVINCE
+    from schemas.keys import init_keystore
+    from tests.factories import T0
+
+    root = tmp_path / "archive"
+    archive = _build(root, day)
+    head = max((decode(v) for _, _, v in day.records if decode(v).origin == "11977"),
+               key=lambda e: e.origin_seq)
+    chain = Chain("11977", Keyring(day.keys_dir)("11977"))  # the origin's real key
+    chain.seq, chain.head = head.origin_seq, head.hash
+    more = [chain.emit("dossier.received", f"11977-250701-9{n:04d}", T0 + timedelta(hours=2))
+            for n in range(50)]
+    before = replay(archive).figures(PROVINCE, date(2025, 7, 1), date(2025, 7, 1))
+
+    leap = more[-1]  # seq head + 50 arrives first
+    archive.append([Accepted("dossier-events", 0, 10_000, encode(leap), leap)], [],
+                   {("dossier-events", 0): 10_001})
+    held = replay(archive)
+    assert held.held == (("11977", leap.origin_seq),)
+    assert held.figures(PROVINCE, date(2025, 7, 1), date(2025, 7, 1)) == before
+    init_keystore(tmp_path / "audit", ["site-phohien"])
+    note = archive.checkpoint(checkpoint_name("site-phohien"),
+                              Keyring(tmp_path / "audit")("site-phohien"), "t")
+    assert note is not None and Checkpoint.parse(note.text).size == len(day.records)
+    archive.close()
+    found = _problems(root, day, "heads")
+    assert f"11977 seq {head.origin_seq + 1}: seqs {head.origin_seq + 1}-" \
+        f"{leap.origin_seq - 1} missing (deleted, or never archived)" in found, found
+
+    archive = Archive.open(root)
+    try:
+        archive.append([Accepted("dossier-events", 0, 10_001 + i, encode(e), e)
+                        for i, e in enumerate(more[:-1])], [], {("dossier-events", 0): 10_050})
+        filled = replay(archive)
+    finally:
+        archive.close()
+    assert filled.held == ()
+    after = filled.figures(PROVINCE, date(2025, 7, 1), date(2025, 7, 1))
+    assert after.received == before.received + 50
+    assert _problems(root, day, "heads") == []
+
+
+def test_verify_and_replay_from_kafka_agree_with_the_archive_and_locate_a_forgery(
+        tmp_path: Path, broker: Broker, kafka_config: dict[str, Any], day: Workload) -> None:
+    import json
+    import subprocess
+
+    from sqlalchemy import update
+
+    from consumers.audit.store import events as ev
+    from tests.integration.test_broker import MOTCUA
+
+    prefix = unique_prefix("ak")
+    provision(kafka_config, prefix)
+    forged = Chain("11977", SigningKey.generate()).emit("dossier.received", "D-FORGED-9")
+    produce(kafka_config, prefix, day.records)
+    (_, partition), end = next(iter(produce(kafka_config, prefix, [
+        ("dossier-events", b"D-FORGED-9", encode(forged))]).items()))
+    proc = archiver(tmp_path, broker, prefix, day.keys_dir)
+    proc.run("archive")
+    root = tmp_path / "var" / "archive"
+    try:
+        wait_archived(root, len(day.records), 1, proc)
+    finally:
+        proc.stop()
+    env = cli_env(MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap, MOTCUA_TOPIC_PREFIX=prefix,
+                  MOTCUA_KEYS_DIR=str(day.keys_dir), MOTCUA_DATA_DIR=str(tmp_path / "var"))
+
+    def verify() -> tuple[int, list[dict[str, Any]]]:
+        out = subprocess.run([*MOTCUA, "audit", "verify", "--source", "kafka", "--json"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode in (0, 1), out.stderr
+        body = json.loads(out.stdout)
+        assert body["records"] == len(day.records) + 1
+        return out.returncode, body["problems"]
+
+    code, problems = verify()
+    assert code == 1 and len(problems) == 1, problems  # the forgery, located; nothing else
+    assert problems[0]["origin"] == "11977" and "signature" in problems[0]["reason"]
+    assert f"dossier-events[{partition}]@{end - 1}:" in problems[0]["reason"], problems
+
+    # the archive's record of one event rewritten: Kafka and the archive disagree there
+    victim = decode(day.records[5][2])
+    engine = make_engine(f"sqlite:///{root / 'index.db'}")
+    with engine.begin() as conn:
+        conn.execute(update(ev).where(ev.c.origin == victim.origin,
+                                      ev.c.origin_seq == victim.origin_seq)
+                     .values(hash="0" * 64))
+    engine.dispose()
+    code, problems = verify()
+    assert code == 1 and any(p["origin"] == victim.origin and p["seq"] == victim.origin_seq
+                             and "one of the two was rewritten" in p["reason"]
+                             for p in problems), problems
+
+    # the figures from Kafka equal those from the archive
+    def replayed(source: str) -> dict[str, Any]:
+        out = subprocess.run([*MOTCUA, "audit", "replay", "--from", "2025-07-01", "--to",
+                              "2025-07-01", "--source", source, "--no-live", "--json"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        body: dict[str, Any] = json.loads(out.stdout)
+        return body
+    from_kafka, from_archive = replayed("kafka"), replayed("archive")
+    assert from_kafka["replay"] == from_archive["replay"]
+    assert from_kafka["events"] == from_archive["events"] == len(day.records)
