@@ -13,7 +13,6 @@ import re
 import subprocess
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +31,20 @@ from consumers.audit.store import (
 from consumers.audit.store import tree as tree_table
 from consumers.audit.witness import COSIGNED, KNOWN, REFUSED, STALE, WAIT, Witness, checkpoint_name
 from infra.db import make_engine
-from schemas.codec import decode, encode
-from schemas.integrity import seal
+from schemas.codec import decode
 from schemas.keys import Keyring, init_keystore, load_registry
 from schemas.merkle import leaf_hash
 from schemas.nodes import SITES
 from schemas.note import COSIGNATURE_V1, ED25519, Checkpoint, Note, Verifier, sign
 from schemas.note import verify as verify_note
 from tests.conftest import Broker, unique_prefix
-from tests.integration.test_audit import _problems, _segment, archiver, wait_archived
+from tests.integration.test_audit import (
+    _problems,
+    _rewritten,
+    _segment,
+    archiver,
+    wait_archived,
+)
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import Workload, produce, provision
 
@@ -57,27 +61,6 @@ def site_keys(day: Workload) -> Keyring:
 def _add(archive: Archive, records: Records, start: int = 0) -> None:
     archive.append([Accepted(t, 0, start + i, v, decode(v)) for i, (t, _, v) in
                     enumerate(records)], [], {("dossier-events", 0): start + len(records)})
-
-
-def _rewritten(records: Records, day: Workload, origin: str
-               ) -> tuple[list[tuple[str, bytes | None, bytes]], int]:
-    """``records`` with ``origin``'s chain rewritten from its seq 2 and re-signed with its
-    real (stolen) key; and the last seq rewritten."""
-    stolen = Keyring(day.keys_dir)(origin)
-    chain = sorted((decode(v) for _, _, v in records if decode(v).origin == origin),
-                   key=lambda e: e.origin_seq)
-    prev, new = chain[0].hash, {}
-    for e in chain[1:]:
-        forged = seal(type(e), origin=e.origin, origin_seq=e.origin_seq, prev_hash=prev,
-                      dossier_id=e.dossier_id, occurred_at=e.occurred_at + timedelta(hours=1),
-                      data=e.data, key=stolen)
-        new[e.origin_seq] = encode(forged)
-        prev = forged.hash
-    out = []
-    for t, k, v in records:
-        e = decode(v)
-        out.append((t, k, new.get(e.origin_seq, v) if e.origin == origin else v))
-    return out, chain[-1].origin_seq
 
 
 def test_the_witness_cosigns_only_what_its_own_archive_holds_in_order(
