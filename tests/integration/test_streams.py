@@ -307,6 +307,13 @@ def test_july_at_scale_1_gives_the_published_figures(
     ends = produce(kafka_config, prefix, records)
     worker.env["MOTCUA_STREAMS_BATCH"] = "5000"
     worker.start("--no-verify")
+    # the audit archive reads the same log (one broker is enough: the archive's broker
+    # handling is tested on both in test_audit.py, and this is its costliest test)
+    from tests.integration.test_audit import archiver, wait_archived
+    audit = archiver(tmp_path, broker, prefix, workload.keys_dir) \
+        if broker.kind == "tansu" else None
+    if audit is not None:
+        audit.run("archive")
     wait_for_positions(store_view(worker.store_url, workload.keys_dir, prefix), ends, 600,
                        worker)
 
@@ -323,6 +330,21 @@ def test_july_at_scale_1_gives_the_published_figures(
     assert (figures["received"], figures["received.online"], figures["online_rate"]) == (
         201_034, 167_972, "83.55")
     assert figures["received.in_person"] + figures["received.postal"] == 201_034 - 167_972
+    if audit is None:
+        return
+    # issue 13's "done when": the audit replay gives the same July, beside the live figures
+    try:
+        wait_archived(tmp_path / "var" / "archive", 201_034, 0, audit, timeout=600)
+    finally:
+        audit.stop()
+    out = subprocess.run([*MOTCUA, "audit", "replay", "--from", "2025-07-01", "--to",
+                          "2025-07-30", "--json"], capture_output=True, text=True, timeout=300,
+                         env=audit.env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr  # 1: differs from the live
+    body = json.loads(out.stdout)
+    assert body["differences"] == [] and body["live"] is not None
+    assert (body["replay"]["received"], body["replay"]["received.online"],
+            body["replay"]["online_rate"]) == (201_034, 167_972, "83.55")
 
 
 def test_broker_paused_mid_stream_the_worker_carries_on_exact(
