@@ -11,15 +11,16 @@ some of those places; ``judge`` says what a newly read event is next to them:
 
 A missing neighbour is a gap, not an error: the event is taken and checked against the
 neighbour when that arrives (the neighbour is then judged against it). The first event to
-take a place keeps it. The stream worker, the sync consumers and ``motcua schemas check``
-all apply this function, so they refuse the same events (``streams/processor.py``,
-``consumers/sync/replica.py``, ``schemas/check.py``).
+take a place keeps it. The stream worker, the sync consumers, the audit archive and
+``motcua schemas check`` all apply this function (a batch through ``judge_in_order``), so
+they refuse the same events (``streams/processor.py``, ``consumers/sync/replica.py``,
+``consumers/audit/``, ``schemas/check.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
-from typing import Final, NamedTuple
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, MutableMapping
+from typing import Final, NamedTuple, TypeVar
 
 from schemas.events import GENESIS_HASH, AnyEvent
 
@@ -64,3 +65,24 @@ def judge(event: AnyEvent, held: Mapping[Place, Link], held_ids: Container[str])
         return (f"chain break: {origin} seq {seq}: seq {seq + 1} held names another event as "
                 "its predecessor")
     return None
+
+
+T = TypeVar("T")
+
+
+def judge_in_order(items: Iterable[T], event_of: Callable[[T], AnyEvent],
+                   held: MutableMapping[Place, Link], held_ids: set[str]
+                   ) -> Iterator[tuple[T, str | None]]:
+    """Each of a batch's ``items`` with its verdict (``judge``), in (origin, seq) order; one
+    that fits takes its place in ``held`` and ``held_ids`` before the next is judged, so
+    a batch is judged as if its events had come one by one."""
+    def place(item: T) -> tuple[str, int]:
+        e = event_of(item)
+        return e.origin, e.origin_seq
+    for item in sorted(items, key=place):
+        event = event_of(item)
+        verdict = judge(event, held, held_ids)
+        if verdict is None:
+            held[(event.origin, event.origin_seq)] = Link(event.hash, event.prev_hash)
+            held_ids.add(event.event_id)
+        yield item, verdict

@@ -22,7 +22,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from schemas.calls import is_call_event
-from schemas.chain import DUPLICATE, Link, judge
+from schemas.chain import DUPLICATE, judge_in_order
 from schemas.counters import CounterKey
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError
@@ -285,11 +285,8 @@ class Processor:
             return accepted
         held, ids = self.store.chain_around([e for _, e in accepted])
         refused: set[tuple[str, int, int]] = set()
-        for rec, event in sorted(accepted, key=lambda x: (x[1].origin, x[1].origin_seq)):
-            verdict = judge(event, held, ids)
+        for (rec, event), verdict in judge_in_order(accepted, lambda x: x[1], held, ids):
             if verdict is None:
-                held[(event.origin, event.origin_seq)] = Link(event.hash, event.prev_hash)
-                ids.add(event.event_id)
                 batch.links.append((event.origin, event.origin_seq, event.hash,
                                     event.prev_hash, event.event_id))
                 continue

@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consumers.audit.store import Accepted, Archive, Refused
 from consumers.audit.witness import COSIGNED, REFUSED, WAIT, Witness, site_of
 from infra.kafka_log import log_reader
-from schemas.chain import DUPLICATE, Link, judge
+from schemas.chain import DUPLICATE, judge_in_order
 from schemas.errors import MotcuaError
 from schemas.events import LOCAL_TZ
 from schemas.integrity import KeyRegistry, checked_event
@@ -261,12 +261,8 @@ class ArchiveConsumer:
                 checked.append(Accepted(topic, tp.partition, rec.offset, rec.value, event))
         accepted = []
         held, ids = self.archive.chain_around([a.event for a in checked])
-        for a in sorted(checked, key=lambda a: (a.event.origin, a.event.origin_seq)):
-            verdict = judge(a.event, held, ids)
+        for a, verdict in judge_in_order(checked, lambda a: a.event, held, ids):
             if verdict is None:
-                held[(a.event.origin, a.event.origin_seq)] = Link(a.event.hash,
-                                                                  a.event.prev_hash)
-                ids.add(a.event.event_id)
                 accepted.append(a)
             elif verdict != DUPLICATE:
                 refusals.append(Refused(a.topic, a.partition, a.offset, verdict, a.value))

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from consumers.audit.store import Archive, events, refused
 from consumers.audit.verify import bad_signatures
 from infra.kafka_log import at_end, log_reader
-from schemas.chain import DUPLICATE, Link, judge
+from schemas.chain import DUPLICATE, Link, judge_in_order
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
 from schemas.integrity import KeyRegistry, checked_event
@@ -122,11 +122,8 @@ def verify_log(records: Iterator[Record], registry: KeyRegistry, signatures: str
     ids: set[str] = set()
     at: dict[tuple[str, int], Record] = {}
     kept = []
-    for e in sorted(report.events, key=lambda e: (e.origin, e.origin_seq)):
-        verdict = judge(e, held, ids)
+    for e, verdict in judge_in_order(report.events, lambda e: e, held, ids):
         if verdict is None:
-            held[(e.origin, e.origin_seq)] = Link(e.hash, e.prev_hash)
-            ids.add(e.event_id)
             at[(e.origin, e.origin_seq)] = places[e.event_id]
             kept.append(e)
         elif verdict != DUPLICATE:

@@ -61,7 +61,7 @@ from infra.node_tables import NODE, UtcDateTime, state_from_row, state_to_row
 from infra.node_tables import dossiers as node_dossiers
 from infra.node_tables import hotline_calls as node_calls
 from schemas.calls import fold_call, is_call_event
-from schemas.chain import DUPLICATE, Link, Place, judge
+from schemas.chain import DUPLICATE, Link, Place, judge_in_order
 from schemas.codec import decode, encode
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent, DossierReceived
@@ -294,15 +294,12 @@ class Replica:
         for ids in _chunks(sorted({e.event_id for e in batch})):
             taken.update(conn.execute(_HELD_IDS, {"ids": ids}).scalars())
         kept: list[AnyEvent] = []
-        for e in sorted(batch, key=lambda e: (e.origin, e.origin_seq)):
-            verdict = judge(e, held, taken)
+        for e, verdict in judge_in_order(batch, lambda e: e, held, taken):
             if verdict == DUPLICATE:
                 result.duplicates += 1
             elif verdict is not None:
                 result.refused.append(Refusal(e, verdict))
             else:
-                held[(e.origin, e.origin_seq)] = Link(e.hash, e.prev_hash)
-                taken.add(e.event_id)
                 kept.append(e)
         if kept:
             insert_rows(conn, events, [{
