@@ -39,7 +39,6 @@ from sqlalchemy import (
     Table,
     func,
     select,
-    tuple_,
 )
 
 from infra.db import insert_ignore, make_engine
@@ -292,18 +291,17 @@ class Archive:
     def chain_around(self, batch: Sequence[AnyEvent]) -> tuple[dict[Place, Link], set[str]]:
         """The held places next to ``batch``'s events and which of their ids are held: what
         ``schemas.chain.judge`` needs."""
-        places = {(e.origin, e.origin_seq + d) for e in batch for d in (-1, 0, 1)}
+        seqs: dict[str, set[int]] = {}
+        for e in batch:
+            seqs.setdefault(e.origin, set()).update((e.origin_seq - 1, e.origin_seq,
+                                                     e.origin_seq + 1))
         ids = [e.event_id for e in batch]
         held: dict[Place, Link] = {}
         held_ids: set[str] = set()
         c = events.c
         with self.engine.connect() as conn:
-            wanted = sorted(places)
-            for i in range(0, len(wanted), 400):
-                for r in conn.execute(select(c.origin, c.origin_seq, c.hash, c.prev_hash)
-                                      .where(tuple_(c.origin, c.origin_seq)
-                                             .in_(wanted[i:i + 400]))):
-                    held[(r.origin, int(r.origin_seq))] = Link(r.hash, r.prev_hash)
+            for origin, seq, h, prev in self._by_origin(conn, seqs, (c.hash, c.prev_hash)):
+                held[(origin, seq)] = Link(h, prev)
             for i in range(0, len(ids), 400):
                 held_ids.update(conn.execute(select(c.event_id)
                                              .where(c.event_id.in_(ids[i:i + 400])))
@@ -483,15 +481,22 @@ class Archive:
         return note
 
     def _hashes(self, heads: Mapping[str, int]) -> dict[tuple[str, int], str]:
-        e = events.c
-        wanted = list(heads.items())
-        out: dict[tuple[str, int], str] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(wanted), 400):
-                for r in conn.execute(select(e.origin, e.origin_seq, e.hash).where(
-                        tuple_(e.origin, e.origin_seq).in_(wanted[i:i + 400]))):
-                    out[(r.origin, int(r.origin_seq))] = r.hash
-        return out
+            return {(o, n): h for o, n, h in self._by_origin(
+                conn, {o: {n} for o, n in heads.items()}, (events.c.hash,))}
+
+    @staticmethod
+    def _by_origin(conn: Any, seqs: Mapping[str, Iterable[int]], columns: Sequence[Any]
+                   ) -> Iterator[tuple[Any, ...]]:
+        """(origin, seq, *columns) of the archived events at ``seqs`` of each origin: one
+        indexed lookup per origin (SQLite scans the whole table for a row-value IN)."""
+        c = events.c
+        for origin, wanted in seqs.items():
+            ordered = sorted(wanted)
+            for i in range(0, len(ordered), 500):
+                for row in conn.execute(select(c.origin, c.origin_seq, *columns).where(
+                        c.origin == origin, c.origin_seq.in_(ordered[i:i + 500]))):
+                    yield (row[0], int(row[1]), *row[2:])
 
     def issued(self) -> list[tuple[int, str, str]]:
         """(size, root hex, signed note) of every checkpoint issued, oldest first."""
