@@ -93,7 +93,12 @@ class ArchiveConsumer:
             self._seek_to_committed(consumer, tps)
             if notes is not None and producer is not None:
                 self._assign(notes, stop, (self.checkpoint_topic,))
-                self._publish_again(producer)
+                try:
+                    self._publish_again(producer)
+                except KafkaError as exc:  # the next checkpoints and cosignatures carry on
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("archive: could not publish again what may have been lost: "
+                                "%s", self.last_error)
             while not stop.is_set():
                 polled = consumer.poll(timeout_ms=500, max_records=self.max_records)
                 try:
