@@ -93,6 +93,14 @@ class Signature:
     def line(self) -> str:
         return f"{DASH} {self.name} {base64.b64encode(self.id + self.body).decode()}\n"
 
+    @property
+    def cosigned_at(self) -> int | None:
+        """The POSIX time a cosignature/v1 carries (8 bytes, then the signature); None for
+        a body of another length (a note signature). Not verified: see ``verify``."""
+        if len(self.body) != 72:
+            return None
+        return int(struct.unpack(">Q", self.body[:8])[0])
+
 
 @dataclass(frozen=True)
 class Note:
@@ -161,11 +169,11 @@ def verify(note: Note, key: Verifier) -> int | None:
         if key.kind == ED25519:
             vk.verify(note.text.encode(), sig.body)
             return None
-        if len(sig.body) != 72:
+        timestamp = sig.cosigned_at
+        if timestamp is None:
             raise NoteError(f"cosignature of {key.name}: {len(sig.body)} bytes, not 8 + 64")
-        (timestamp,) = struct.unpack(">Q", sig.body[:8])
         vk.verify(_cosigned(note.text, timestamp), sig.body[8:])
-        return int(timestamp)
+        return timestamp
     except (BadSignatureError, ValueError):
         raise NoteError(f"the signature of {key.name} ({key.id.hex()}) does not match the "
                         "note") from None

@@ -147,18 +147,18 @@ class ArchiveConsumer:
                 data = rec.value.decode("utf-8", "replace") if rec.value else ""
                 try:
                     note = Note.parse(data)
-                    origin = Checkpoint.parse(note.text).origin
+                    cp = Checkpoint.parse(note.text)
                 except NoteError as exc:
                     log.warning("archive: checkpoints@%d is not a checkpoint: %s", rec.offset,
                                 exc)
                     continue
-                if origin == self.signer.name:
-                    self._keep_cosignatures(note)
+                if cp.origin == self.signer.name:
+                    self._keep_cosignatures(note, cp.size)
                 elif self.witness is not None and all(
                         s.name != self.signer.name for s in note.signatures):
-                    waiting = self.waiting.setdefault(origin, {})
+                    waiting = self.waiting.setdefault(cp.origin, {})
                     if len(waiting) < MAX_WAITING:
-                        waiting[Checkpoint.parse(note.text).size] = data
+                        waiting[cp.size] = data
         if self.waiting and time.monotonic() - self._witnessed_at >= WITNESS_EVERY:
             self._witnessed_at = time.monotonic()
             for signer, waiting in self.waiting.items():
@@ -188,10 +188,9 @@ class ArchiveConsumer:
                 log.error("archive: REFUSED to cosign %s checkpoint %d: %s", signer, size,
                           verdict.reason)
 
-    def _keep_cosignatures(self, note: Note) -> None:
-        """Another site's cosignature of one of this site's checkpoints, once it holds."""
+    def _keep_cosignatures(self, note: Note, size: int) -> None:
+        """Another site's cosignature of this site's checkpoint of ``size``, once it holds."""
         assert self.signer is not None and self.signer.audit_keys is not None
-        size = Checkpoint.parse(note.text).size
         issued = self.archive.issued_note(size)
         if issued is None or Note.parse(issued).text != note.text:
             log.warning("archive: a cosigned checkpoint %d that this site never issued",

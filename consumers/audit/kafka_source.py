@@ -28,7 +28,7 @@ from kafka import TopicPartition
 from sqlalchemy import select
 
 from consumers.audit.store import Archive, events, refused
-from consumers.audit.verify import bad_signatures
+from consumers.audit.verify import Problem, bad_signatures
 from infra.kafka_log import at_end, log_reader
 from schemas.chain import DUPLICATE, Link, judge_in_order
 from schemas.errors import MotcuaError
@@ -44,6 +44,10 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
 def read_log(kafka_config: dict[str, Any], prefix: str = "", timeout: float = 60.0
@@ -84,7 +88,7 @@ def read_log(kafka_config: dict[str, Any], prefix: str = "", timeout: float = 60
 class LogReport:
     records: int = 0
     events: list[AnyEvent] = field(default_factory=list)  # the intact ones, in log order
-    problems: list[tuple[str, int | None, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     signatures_checked: int = 0
     compared: int = 0  # events compared with the archive
 
@@ -100,8 +104,7 @@ def verify_log(records: Iterator[Record], registry: KeyRegistry, signatures: str
         try:
             event = checked_event(rec.key, rec.value, registry, signatures=False)
         except MotcuaError as exc:
-            report.problems.append(("", None, f"{rec.topic}[{rec.partition}]@{rec.offset}: "
-                                    f"{exc}"))
+            report.problems.append(Problem("", None, f"{rec.where}: {exc}"))
             continue
         report.events.append(event)
         places[event.event_id] = rec
@@ -113,9 +116,8 @@ def verify_log(records: Iterator[Record], registry: KeyRegistry, signatures: str
     bad = bad_signatures(checked, registry, workers)
     report.signatures_checked = len(checked)
     for e, reason in bad:
-        rec = places[e.event_id]
-        report.problems.append((e.origin, e.origin_seq, f"{rec.topic}[{rec.partition}]@"
-                                f"{rec.offset}: {reason}"))
+        report.problems.append(Problem(e.origin, e.origin_seq,
+                                       f"{places[e.event_id].where}: {reason}"))
     forged = {e.event_id for e, _ in bad}
     report.events = [e for e in report.events if e.event_id not in forged]
     held: dict[tuple[str, int], Link] = {}
@@ -127,13 +129,12 @@ def verify_log(records: Iterator[Record], registry: KeyRegistry, signatures: str
             at[(e.origin, e.origin_seq)] = places[e.event_id]
             kept.append(e)
         elif verdict != DUPLICATE:
-            rec = places[e.event_id]
-            report.problems.append((e.origin, e.origin_seq, f"{rec.topic}[{rec.partition}]@"
-                                    f"{rec.offset}: {verdict}"))
+            report.problems.append(Problem(e.origin, e.origin_seq,
+                                           f"{places[e.event_id].where}: {verdict}"))
     report.events = kept  # each place once: what a reader of the log counts
     if archive is not None:
         _compare(report, held, at, archive)
-    report.problems.sort(key=lambda p: (p[0], p[1] or 0, p[2]))
+    report.problems.sort(key=lambda p: (p.origin, p.seq or 0, p.reason))
     return report
 
 
@@ -156,16 +157,16 @@ def _compare(report: LogReport, held: dict[tuple[str, int], Link],
         rec = places[place]
         there = archived.get(place)
         if there is not None and there != link.hash:
-            report.problems.append((*place, f"{rec.topic}[{rec.partition}]@{rec.offset} is "
-                                    f"{link.hash[:12]}…, the archive holds {there[:12]}… "
-                                    "(one of the two was rewritten)"))
+            report.problems.append(Problem(*place, f"{rec.where} is {link.hash[:12]}…, the "
+                                           f"archive holds {there[:12]}… (one of the two "
+                                           "was rewritten)"))
         elif there is None and rec.offset < stored.get((rec.topic, rec.partition), 0):
             reason = why.get((rec.topic, rec.partition, rec.offset))
-            report.problems.append((*place, f"{rec.topic}[{rec.partition}]@{rec.offset}: on "
-                                    "Kafka, not in the archive although it read past it"
-                                    + (f" (refused: {reason})" if reason else "")))
+            report.problems.append(Problem(*place, f"{rec.where}: on Kafka, not in the "
+                                           "archive although it read past it"
+                                           + (f" (refused: {reason})" if reason else "")))
     for (origin, seq), _hash in sorted(archived.items()):
         if origin in lows and lows[origin] <= seq <= highs[origin] \
                 and (origin, seq) not in held:
-            report.problems.append((origin, seq, "in the archive, not on Kafka where the "
-                                    "log still holds its origin's chain"))
+            report.problems.append(Problem(origin, seq, "in the archive, not on Kafka where "
+                                           "the log still holds its origin's chain"))

@@ -35,7 +35,6 @@ class Replay:
     events: int  # events counted
     rules: str = RULES_VERSION  # the counter rules the figures were computed by
     held: tuple[tuple[str, int], ...] = ()  # (origin, seq) archived beyond a gap, not counted
-    checkpoint: int | None = None  # the tree size counted, when replaying a checkpoint
 
     def figures(self, scope: str, start: date, end: date) -> Figures:
         days = {(period, measure): n for (s, period, measure), n in self.counters.items()
@@ -60,7 +59,7 @@ def replay(archive: Archive, checkpoint: int | None = None) -> Replay:
             else:
                 held.append((event.origin, event.origin_seq))
     counters = recount(read())
-    return Replay(counters, count, held=tuple(sorted(held)), checkpoint=checkpoint)
+    return Replay(counters, count, held=tuple(sorted(held)))
 
 
 def replay_events(events: Sequence[AnyEvent]) -> Replay:

@@ -88,8 +88,9 @@ def cosigned_checkpoint(archive: Archive) -> tuple[int, str, str] | None:
     cp = Checkpoint.parse(note.text)
     witnesses = []
     for sig in note.signatures:
-        if sig.name != cp.origin and len(sig.body) == 72:  # cosignature/v1: time, signature
-            at = datetime.fromtimestamp(int.from_bytes(sig.body[:8], "big"), UTC)
+        stamp = sig.cosigned_at
+        if sig.name != cp.origin and stamp is not None:
+            at = datetime.fromtimestamp(stamp, UTC)
             witnesses.append(f"{sig.name} lúc {at:%H:%M:%S %d/%m/%Y} UTC")
     summary = (f"{cp.origin}, cây {size:,} sự kiện".replace(",", ".")
                + f", gốc {base64.b64encode(cp.root).decode()}; đồng ký: "

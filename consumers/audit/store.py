@@ -126,14 +126,13 @@ cosignatures = Table(
 
 #: As a witness: every checkpoint of another site this archive checked against its own
 #: events and cosigned, in order, with the frontier of that tree (what the next must
-#: extend) and the heads it names.
+#: extend); the heads it names are in its note.
 witnessed = Table(
     "archive_witnessed", metadata,
     Column("signer", String(100), primary_key=True),
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("root", String(64), nullable=False),
     Column("frontier", String, nullable=False),  # schemas.merkle.Frontier.text()
-    Column("heads", String, nullable=False),  # "<origin> <seq>" lines
     Column("note", String, nullable=False),  # with this witness's cosignature
     Column("at", String(40), nullable=False),
 )
@@ -544,13 +543,13 @@ class Archive:
         this archive cosigned."""
         w = witnessed.c
         with self.engine.connect() as conn:
-            r = conn.execute(select(w.size, w.root, w.frontier, w.heads)
+            r = conn.execute(select(w.size, w.root, w.frontier, w.note)
                              .where(w.signer == signer).order_by(w.size.desc())
                              .limit(1)).first()
         if r is None:
             return None
-        heads = {o: int(n) for o, n in (line.split() for line in r.heads.splitlines())}
-        return int(r.size), r.root, r.frontier, heads
+        named = parse_heads(Checkpoint.parse(Note.parse(r.note).text).extensions)
+        return int(r.size), r.root, r.frontier, {o: seq for o, (seq, _) in named.items()}
 
     def was_witnessed(self, signer: str, size: int, root: str) -> bool:
         w = witnessed.c
@@ -558,13 +557,11 @@ class Archive:
             return conn.execute(select(w.size).where(w.signer == signer, w.size == size,
                                                      w.root == root)).first() is not None
 
-    def record_witnessed(self, signer: str, size: int, root: str, frontier: str,
-                         heads: Mapping[str, int], note: str, at: str) -> None:
+    def record_witnessed(self, signer: str, size: int, root: str, frontier: str, note: str,
+                         at: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(witnessed.insert().values(
-                signer=signer, size=size, root=root, frontier=frontier,
-                heads="".join(f"{o} {n}\n" for o, n in sorted(heads.items())), note=note,
-                at=at))
+            conn.execute(witnessed.insert().values(signer=signer, size=size, root=root,
+                                                   frontier=frontier, note=note, at=at))
 
     def record_witness_refusal(self, signer: str, size: int, root: str, reason: str,
                                note: str, at: str) -> None:

@@ -62,7 +62,6 @@ class Verdict:
     size: int
     reason: str = ""
     note: str | None = None  # the cosigned note (COSIGNED)
-    prev: int | None = None  # the checkpoint it extends, when it names one
 
 
 class Witness:
@@ -94,8 +93,7 @@ class Witness:
         last = self.archive.last_witnessed(signer)
         size0, root0, frontier, heads0 = last or (0, Frontier().root().hex(),
                                                   Frontier().text(), {})
-        prev = parse_prev(cp.extensions)
-        judged = self._judge(cp, prev, size0, root0, Frontier.parse(frontier), heads0)
+        judged = self._judge(cp, size0, root0, Frontier.parse(frontier), heads0)
         at = datetime.now(UTC).isoformat(timespec="seconds")
         if isinstance(judged, Verdict):
             if judged.outcome == REFUSED:
@@ -105,34 +103,31 @@ class Witness:
         stamp = int(datetime.now(UTC).timestamp()) if now is None else now
         cosigned = Note(note.text, (*note.signatures,
                                     cosign(note.text, self.name, self.key, stamp))).encode()
-        heads = {o: seq for o, (seq, _) in parse_heads(cp.extensions).items()}
-        self.archive.record_witnessed(signer, cp.size, root, judged.text(), heads,
-                                      cosigned, at)
-        return Verdict(COSIGNED, signer, cp.size, note=cosigned, prev=prev)
+        self.archive.record_witnessed(signer, cp.size, root, judged.text(), cosigned, at)
+        return Verdict(COSIGNED, signer, cp.size, note=cosigned)
 
-    def _judge(self, cp: Checkpoint, prev: int | None, size0: int, root0: str,
-               frontier: Frontier, heads0: dict[str, int]) -> Verdict | Frontier:
+    def _judge(self, cp: Checkpoint, size0: int, root0: str, frontier: Frontier,
+               heads0: dict[str, int]) -> Verdict | Frontier:
         """The refusal, or why to wait; or the frontier of the tree, which holds."""
-        signer = cp.origin
+        signer, prev = cp.origin, parse_prev(cp.extensions)
         if cp.size < size0:
             return Verdict(STALE, signer, cp.size, f"smaller than the tree of {size0} "
-                           "already cosigned", prev=prev)
+                           "already cosigned")
         if cp.size == size0:
             return Verdict(REFUSED, signer, cp.size, f"a second root for size {size0}: "
-                           f"{cp.root.hex()[:16]}…, cosigned was {root0[:16]}… (a fork)",
-                           prev=prev)
+                           f"{cp.root.hex()[:16]}…, cosigned was {root0[:16]}… (a fork)")
         if prev is not None and prev > size0:
             return Verdict(WAIT, signer, cp.size, f"it extends checkpoint {prev}, not seen "
-                           f"yet (last cosigned: {size0})", prev=prev)
+                           f"yet (last cosigned: {size0})")
         if prev is not None and prev < size0:
             return Verdict(REFUSED, signer, cp.size, f"it extends checkpoint {prev}, but "
-                           f"{size0} was cosigned since (a fork)", prev=prev)
+                           f"{size0} was cosigned since (a fork)")
         named = parse_heads(cp.extensions)
         for origin, seq in sorted(heads0.items()):
             if origin not in named or named[origin][0] < seq:
                 return Verdict(REFUSED, signer, cp.size, f"{origin}: its head went back "
                                f"from seq {seq} to {named.get(origin, (0, ''))[0]} since "
-                               f"checkpoint {size0} (a fork)", prev=prev)
+                               f"checkpoint {size0} (a fork)")
         for origin in sorted(named):
             top, head_hash = named[origin]
             first = heads0.get(origin, 0) + 1
@@ -140,15 +135,15 @@ class Witness:
             if held is not None and held != head_hash:
                 return Verdict(REFUSED, signer, cp.size, f"{origin} seq {top}: the "
                                f"checkpoint names hash {head_hash[:12]}…, this archive "
-                               f"holds {held[:12]}… (another history)", prev=prev)
+                               f"holds {held[:12]}… (another history)")
             if len(leaves) < top - first + 1:
                 return Verdict(WAIT, signer, cp.size, f"{origin} seq "
-                               f"{first + len(leaves)} is not archived here yet", prev=prev)
+                               f"{first + len(leaves)} is not archived here yet")
             for leaf in leaves:
                 frontier.append(leaf)
         if frontier.size != cp.size or frontier.root() != cp.root:
             return Verdict(REFUSED, signer, cp.size, f"the tree it names is not the one "
                            f"cosigned at size {size0} extended with this archive's events "
                            f"(that gives {frontier.size} leaves, root "
-                           f"{frontier.root().hex()[:16]}…)", prev=prev)
+                           f"{frontier.root().hex()[:16]}…)")
         return frontier

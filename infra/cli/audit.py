@@ -175,12 +175,12 @@ def cmd_verify_kafka(args: argparse.Namespace, settings: Settings, say: Say) -> 
                         "signatures": args.signatures,
                         "signatures_checked": report.signatures_checked,
                         "compared_with_archive": report.compared,
-                        "problems": [{"origin": o, "seq": n, "reason": r}
-                                     for o, n, r in report.problems]},
+                        "problems": [{"origin": p.origin, "seq": p.seq, "reason": p.reason}
+                                     for p in report.problems]},
                        ensure_ascii=False, indent=2))
     else:
-        for origin, seq, reason in report.problems:
-            say(f"PROBLEM {origin or '?'}{f' seq {seq}' if seq is not None else ''}: {reason}")
+        for p in report.problems:
+            say(f"PROBLEM {p}")
         against = (f"{report.compared:,} compared with the archive in {root}" if archive
                    else f"no archive in {root} to compare with")
         say(f"audit verify --source kafka: {report.records:,} records, "
@@ -237,8 +237,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         log = verify_log(read_log(settings.kafka_config(settings.bootstrap),
                                   settings.topic_prefix, args.timeout),
                          load_registry(settings.keys_path), "all")
-        refused = [f"{origin or '?'}{f' seq {seq}' if seq is not None else ''}: {reason}"
-                   for origin, seq, reason in log.problems]
+        refused = [str(p) for p in log.problems]
         result = replay_events(log.events)
         where = f"the event topics at {settings.bootstrap}"
     else:
@@ -270,9 +269,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         for line in refused:
             say(f"  NOT COUNTED: {line}")
         if result.held:
-            where = ", ".join(f"{o} seq {n}" for o, n in result.held[:10])
+            listed = ", ".join(f"{o} seq {n}" for o, n in result.held[:10])
             say(f"  NOT COUNTED: {len(result.held):,} events archived beyond a gap in their "
-                f"origin's chain ({where}{', …' if len(result.held) > 10 else ''}); they "
+                f"origin's chain ({listed}{', …' if len(result.held) > 10 else ''}); they "
                 "count once the events before them arrive (docs/audit.md)")
         say(f"  {'measure':<28} {'replay':>12} {'live':>12}")
         for key, value in replayed.items():

@@ -138,7 +138,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
         audit_keys(settings)  # both keys before both children, which would race to make them
         archivers: dict[str, subprocess.Popen[bytes]] = {}
         for site in SITES:
-            archivers[site] = _start_child(settings, bootstrap, _archive_log(site),
+            archivers[site] = _start_child(settings, bootstrap, _archive_log(settings, site),
                                            ["archive", "--site", site])
             stack.callback(_stop_child, archivers[site])
         say("archive: every verified event, twice, each site witnessing the other: "
@@ -267,13 +267,14 @@ def _reset_archive(settings: Settings, engine: Engine, say: Say, site: str) -> N
             f"moved aside to {aside.resolve()}, a new archive begins")
 
 
-def _archive_log(site: str) -> str:
-    return "archive" if site == SITES[0] else f"archive-{site}"
+def _archive_log(settings: Settings, site: str) -> str:
+    """A site's archive child logs under its archive folder's name."""
+    return archive_dir(settings, None, site).name
 
 
 def _archive_status(archivers: dict[str, subprocess.Popen[bytes]], settings: Settings) -> str:
     return "".join(f"; the archive of {site} exited with {child.returncode} (see "
-                   f"{settings.data_dir / 'log' / (_archive_log(site) + '.log')})"
+                   f"{settings.data_dir / 'log' / (_archive_log(settings, site) + '.log')})"
                    for site, child in archivers.items() if child.poll() is not None)
 
 

@@ -190,15 +190,18 @@ def test_up_keeps_an_archive_of_the_same_history_and_moves_one_of_another_aside(
 
 # --- audit verify: each tampering is caught, named by origin and seq ------------------------
 
+def _add(archive: Archive, records: Sequence[tuple[str, bytes | None, bytes]],
+         start: int = 0) -> None:
+    """``records`` archived as one batch, at source offsets from ``start``."""
+    archive.append([Accepted(t, 0, start + i, v, decode(v)) for i, (t, _, v) in
+                    enumerate(records)], [], {("dossier-events", 0): start + len(records)})
+
+
 def _build(root: Path, day: Workload) -> Archive:
     """The day's events archived as the consumer does, in batches of 300."""
     archive = Archive.open(root)
-    records = day.records
-    for start in range(0, len(records), 300):
-        batch = records[start:start + 300]
-        archive.append([Accepted(t, 0, start + i, v, decode(v))
-                        for i, (t, _, v) in enumerate(batch)], [],
-                       {("dossier-events", 0): start + len(batch)})
+    for start in range(0, len(day.records), 300):
+        _add(archive, day.records[start:start + 300], start)
     return archive
 
 

@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import pytest
 from sqlalchemy import delete, update
 
 from consumers.audit.store import (
-    Accepted,
     Archive,
     checkpoints,
     cosignatures,
@@ -39,6 +37,7 @@ from schemas.note import COSIGNATURE_V1, ED25519, Checkpoint, Note, Verifier, si
 from schemas.note import verify as verify_note
 from tests.conftest import Broker, unique_prefix
 from tests.integration.test_audit import (
+    _add,
     _problems,
     _rewritten,
     _segment,
@@ -49,18 +48,12 @@ from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import Workload, produce, provision
 
 PH, TB = checkpoint_name("site-phohien"), checkpoint_name("site-thaibinh")
-Records = Sequence[tuple[str, bytes | None, bytes]]
 
 
 @pytest.fixture
 def site_keys(day: Workload) -> Keyring:
     init_keystore(day.keys_dir / "audit", SITES)
     return Keyring(day.keys_dir / "audit")
-
-
-def _add(archive: Archive, records: Records, start: int = 0) -> None:
-    archive.append([Accepted(t, 0, start + i, v, decode(v)) for i, (t, _, v) in
-                    enumerate(records)], [], {("dossier-events", 0): start + len(records)})
 
 
 def test_the_witness_cosigns_only_what_its_own_archive_holds_in_order(
