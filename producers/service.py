@@ -43,6 +43,7 @@ from schemas.events import (
 )
 from schemas.fold import DossierState
 from schemas.integrity import seal
+from schemas.keys import Keyring
 from schemas.moves import MOVES, decide
 from schemas.nodes import get_node
 from schemas.topics import DOSSIER_EVENTS, HOTLINE_EVENTS
@@ -288,6 +289,8 @@ class DossierService:
               subject: str, when: datetime, data: dict[str, Any], key: SigningKey
               ) -> AnyEvent:
         _check_time(when)
+        if isinstance(self._keys, Keyring):  # under the head lock: a rotation is seen here
+            key = self._keys.for_seq(node, seq + 1)
         try:
             return seal(cls, origin=node, origin_seq=seq + 1, prev_hash=head,
                         dossier_id=subject, occurred_at=when, data=data, key=key)

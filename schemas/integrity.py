@@ -10,7 +10,7 @@ package here (~16,900 vs ~7,600 verifications/s on one core).
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -67,27 +67,85 @@ def seal(
 
 
 class KeyRegistry:
-    """Public keys by node id: what every reader needs to check who wrote an event."""
+    """Public keys by node id: what every reader needs to check who wrote an event. A node
+    may have several keys over its life (``motcua keys rotate``): each signs the node's
+    events from its ``from_seq`` up to the next key's, so an event is checked with the key
+    valid for its origin_seq and old events stay verifiable after a rotation."""
 
-    def __init__(self, keys: Mapping[str, VerifyKey]) -> None:
-        self._keys = dict(keys)
+    def __init__(self, keys: Mapping[str, VerifyKey | Sequence[tuple[int, VerifyKey]]]
+                 ) -> None:
+        self._keys = _by_seq(keys)
 
     @classmethod
-    def from_b64(cls, entries: Mapping[str, str]) -> KeyRegistry:
-        return cls({node: VerifyKey(base64.b64decode(pub)) for node, pub in entries.items()})
+    def from_b64(cls, entries: Mapping[str, Any]) -> KeyRegistry:
+        return cls(parse_entries(entries))
 
-    def to_b64(self) -> dict[str, str]:
-        return {node: base64.b64encode(bytes(key)).decode("ascii")
-                for node, key in sorted(self._keys.items())}
+    def to_b64(self) -> dict[str, list[dict[str, Any]]]:
+        return {node: [{"from_seq": first, "key": base64.b64encode(bytes(key)).decode("ascii")}
+                       for first, key in keys]
+                for node, keys in sorted(self._keys.items())}
 
     def get(self, node_id: str) -> VerifyKey | None:
-        return self._keys.get(node_id)
+        """The node's newest key (the checkpoint keys of ``keys/audit`` have only one)."""
+        keys = self._keys.get(node_id)
+        return keys[-1][1] if keys else None
+
+    def keys_of(self, node_id: str) -> tuple[tuple[int, VerifyKey], ...]:
+        """The node's (from_seq, key) pairs, oldest first; empty for an unknown node."""
+        return self._keys.get(node_id, ())
+
+    def key_for(self, node_id: str, origin_seq: int) -> VerifyKey | None:
+        """The node's key valid for ``origin_seq``, or None (unknown node, or a seq below
+        its first key)."""
+        keys = self._keys.get(node_id, ())
+        for first, key in reversed(keys):
+            if first <= origin_seq:
+                return key
+        return None
+
+    def refresh(self, force: bool = False) -> bool:
+        """Take in keys added since loading; True if the keys changed. A registry built in
+        memory never changes; ``schemas.keys.load_registry``'s follows its file."""
+        return False
+
+    def _replace(self, keys: Mapping[str, Sequence[tuple[int, VerifyKey]]]) -> None:
+        self._keys = _by_seq(keys)  # one assignment: readers on other threads see old or new
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._keys
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+def parse_entries(entries: Mapping[str, Any]) -> dict[str, list[tuple[int, VerifyKey]]]:
+    """The keys of a registry file: ``{node: [{"from_seq": n, "key": b64}, ...]}``, or the
+    first format ``{node: b64}`` (one key per node, upcast to a key valid from seq 1).
+    Raises ``ValueError`` or ``TypeError`` naming the node."""
+    out: dict[str, list[tuple[int, VerifyKey]]] = {}
+    for node, value in entries.items():
+        rows = [{"from_seq": 1, "key": value}] if isinstance(value, str) else value
+        if not isinstance(rows, list) or not rows:
+            raise TypeError(f"{node}: expected a list of {{from_seq, key}}")
+        try:
+            keys = [(int(row["from_seq"]), VerifyKey(base64.b64decode(row["key"], validate=True)))
+                    for row in rows]
+        except KeyError as exc:
+            raise ValueError(f"{node}: a key entry has no {exc}") from None
+        except (ValueError, TypeError) as exc:  # binascii.Error and nacl's are ValueErrors
+            raise ValueError(f"{node}: a public key is not valid base64 Ed25519 ({exc})"
+                             ) from None
+        firsts = [first for first, _ in keys]
+        if firsts[0] != 1 or firsts != sorted(set(firsts)):
+            raise ValueError(f"{node}: from_seq must start at 1 and rise ({firsts})")
+        out[node] = keys
+    return out
+
+
+def _by_seq(keys: Mapping[str, VerifyKey | Sequence[tuple[int, VerifyKey]]]
+            ) -> dict[str, tuple[tuple[int, VerifyKey], ...]]:
+    return {node: ((1, k),) if isinstance(k, VerifyKey) else tuple(sorted(k, key=lambda p: p[0]))
+            for node, k in keys.items()}
 
 
 def verify(event: AnyEvent, registry: KeyRegistry | None) -> None:
@@ -106,20 +164,57 @@ def verify(event: AnyEvent, registry: KeyRegistry | None) -> None:
 
 def check_signature(event: AnyEvent, registry: KeyRegistry) -> None:
     """Raise ``UnknownOrigin`` or ``BadSignature`` unless ``event.sig`` is its origin's
-    signature of ``event.hash`` (whether the content matches the hash is ``verify``'s other
-    half). Safe on any thread: libsodium runs without the GIL, which lets the stream worker
-    check signatures beside its decoding (streams/processor.py)."""
-    key = registry.get(event.origin)
-    if key is None:
+    signature of ``event.hash`` with the key valid for its origin_seq (whether the content
+    matches the hash is ``verify``'s other half). Safe on any thread: libsodium runs without
+    the GIL, which lets the stream worker check signatures beside its decoding
+    (streams/processor.py)."""
+    registry.refresh()
+    try:
+        _check_signature(event, registry)
+    except (UnknownOrigin, BadSignature):
+        # a key rotated since the registry was read: its first events must not be refused
+        if not registry.refresh(force=True):
+            raise
+        _check_signature(event, registry)
+
+
+def _check_signature(event: AnyEvent, registry: KeyRegistry) -> None:
+    keys = registry.keys_of(event.origin)
+    if not keys:
         raise UnknownOrigin(event.event_id, event.origin,
                             f"origin {event.origin!r} has no key in the registry "
                             f"({len(registry)} nodes known)")
+    digest, sig = bytes.fromhex(event.hash), _b64(event.sig)
+    seq = event.origin_seq
+    key = registry.key_for(event.origin, seq)
+    if key is not None and _signs(key, digest, sig):
+        return
+    for i, (first, other) in enumerate(keys):
+        if other is not key and _signs(other, digest, sig):
+            until = f"-{keys[i + 1][0] - 1}" if i + 1 < len(keys) else " on"
+            raise BadSignature(event.event_id, event.origin,
+                               f"signed with {event.origin}'s key valid for seq {first}{until}, "
+                               f"not for seq {seq}: "
+                               + ("a retired key (stolen?) signs nothing after its range"
+                                  if first < seq else "a key signs nothing before its range"))
+    raise BadSignature(event.event_id, event.origin,
+                       f"signature does not verify with {event.origin}'s public key for seq "
+                       f"{seq} (forged, or signed by another node)")
+
+
+def _b64(text: str) -> bytes:
     try:
-        key.verify(bytes.fromhex(event.hash), base64.b64decode(event.sig))
+        return base64.b64decode(text)
+    except ValueError:
+        return b""  # verifies with no key
+
+
+def _signs(key: VerifyKey, digest: bytes, sig: bytes) -> bool:
+    try:
+        key.verify(digest, sig)
+        return True
     except (BadSignatureError, ValueError):
-        raise BadSignature(event.event_id, event.origin,
-                           f"signature does not verify with {event.origin}'s public key "
-                           "(forged, or signed by another node)") from None
+        return False
 
 
 def checked_event(key: bytes | None, value: bytes | None, registry: KeyRegistry | None,
