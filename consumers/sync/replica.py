@@ -383,9 +383,12 @@ class Replica:
             conn.execute(update(status).values(**values))
 
     def status(self) -> dict[str, object]:
+        """The status row and the row counts, with ``error_current``: whether
+        ``last_error`` still describes the replica (``error_is_current``)."""
         with reader(self.engine) as conn:
             row = conn.execute(select(status)).one()
             out: dict[str, object] = dict(row._mapping)
+            out["error_current"] = error_is_current(out["last_error_at"], out["seen_at"])
             out["dossiers"] = conn.execute(select(func.count()).select_from(dossiers)).scalar()
             out["calls"] = conn.execute(select(func.count()).select_from(calls)).scalar()
         return out
@@ -461,6 +464,17 @@ class Replica:
             conn.execute(update(status).values(stored=0, refused=0, dead_letters=0,
                                                applied_at=None, last_error=None,
                                                last_error_at=None))
+
+
+def error_is_current(error_at: object, seen_at: object) -> bool:
+    """Whether the last error still holds: the consumer has written nothing since it. Every
+    committed batch and every heartbeat (written only after polls that found nothing to do,
+    so the consumer is caught up and its database writable) moves ``seen_at``; an error
+    moves both, to the same time. A rejected record is then history: counted in
+    ``dead_letters``, its reason on the dead-letters topic."""
+    if not isinstance(error_at, datetime):
+        return False
+    return not isinstance(seen_at, datetime) or error_at >= seen_at
 
 
 def _refuse_node_store(tables: set[str], where: str) -> None:
