@@ -17,6 +17,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -140,6 +141,22 @@ relay_leases = Table(
     Column("node_id", NODE, primary_key=True),
     Column("holder", String(120), nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
+)
+
+# One row per simulator run on this store (producers/sim): the parameters a resumed run must
+# share with the first, and where each run started and stopped in simulated time.
+simulation_runs = Table(
+    "simulation_runs", metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=True),
+    Column("period_from", Date, nullable=False),
+    Column("period_to", Date, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("scale", Float, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),  # wall clock
+    Column("resumed_from", UtcDateTime),  # simulated time (None: the run began the period)
+    Column("stopped_at", UtcDateTime),  # simulated time of its last call (None: still on)
+    Column("events_written", BigInteger, nullable=False),
+    Column("finished", Boolean, nullable=False),
 )
 
 

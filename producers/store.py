@@ -8,6 +8,9 @@ order, so two nodes acting on one dossier cannot deadlock. SQLite ignores FOR UP
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
 from sqlalchemy import (
     Connection,
     Engine,
@@ -19,7 +22,14 @@ from sqlalchemy import (
 )
 
 from infra.db import insert_ignore, reader
-from infra.node_tables import dossiers, node_heads, outbox, state_from_row, state_to_row
+from infra.node_tables import (
+    dossiers,
+    node_heads,
+    outbox,
+    simulation_runs,
+    state_from_row,
+    state_to_row,
+)
 from schemas.codec import decode, encode
 from schemas.events import GENESIS_HASH, AnyEvent
 from schemas.fold import DossierState, apply, fold
@@ -112,3 +122,71 @@ def save_dossier(conn: Connection, state: DossierState, exists: bool) -> None:
         conn.execute(_UPDATE_DOSSIER, {**values, "key": state.dossier_id})
     else:
         conn.execute(_INSERT_DOSSIER, values)
+
+
+# --- simulation runs (producers/sim) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulationRun:
+    start: date
+    end: date
+    seed: int
+    scale: float
+    stopped_at: datetime | None
+    finished: bool
+
+    def describe(self) -> str:
+        """The run's parameters as the command line that continues it."""
+        return (f"--from {self.start} --to {self.end} --seed {self.seed} "
+                f"--scale {self.scale:g}")
+
+
+def simulation_runs_of(engine: Engine) -> list[SimulationRun]:
+    """Every simulator run recorded in this store, oldest first."""
+    c = simulation_runs.c
+    with reader(engine) as conn:
+        return [SimulationRun(r.period_from, r.period_to, int(r.seed), float(r.scale),
+                              r.stopped_at, bool(r.finished))
+                for r in conn.execute(select(simulation_runs).order_by(c.run_id))]
+
+
+def begin_simulation_run(engine: Engine, start: date, end: date, seed: int, scale: float,
+                         resumed_from: datetime | None) -> int:
+    with engine.begin() as conn:
+        result = conn.execute(insert(simulation_runs).values(
+            period_from=start, period_to=end, seed=seed, scale=scale,
+            started_at=datetime.now(UTC), resumed_from=resumed_from, stopped_at=None,
+            events_written=0, finished=False))
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+
+def end_simulation_run(engine: Engine, run_id: int, stopped_at: datetime | None,
+                       events_written: int, finished: bool) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(simulation_runs).where(simulation_runs.c.run_id == run_id)
+                     .values(stopped_at=stopped_at, events_written=events_written,
+                             finished=finished))
+
+
+def latest_event_between(engine: Engine, lo: datetime, hi: datetime) -> datetime | None:
+    """The newest event time in [lo, hi) in the outbox: where a simulation of that period
+    stopped (its calls commit in event-time order, so everything before it is written)."""
+    with reader(engine) as conn:
+        value = conn.execute(select(func.max(outbox.c.occurred_at))
+                             .where(outbox.c.occurred_at >= lo, outbox.c.occurred_at < hi)
+                             ).scalar_one()
+    if value is None:
+        return None
+    # func.max bypasses the column type on SQLite: a naive UTC string or datetime comes back
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def subjects_at(engine: Engine, when: datetime) -> set[str]:
+    """The dossier and call ids with an event at exactly ``when``."""
+    with reader(engine) as conn:
+        return {str(d) for (d,) in conn.execute(select(outbox.c.dossier_id)
+                                                 .where(outbox.c.occurred_at == when))}

@@ -6,6 +6,12 @@ workload of producers/sim/plan.py and producers/sim/lifecycle.py, in event-time 
 time per minute. Calls due after the end of the period are not made: those dossiers stay
 open, as real ones do at a month's end. The workload is deterministic for a seed (event ids
 and signatures are not: they are fresh on every run).
+
+A stopped run resumes: the store records each run's period, seed and scale, and the calls
+commit in event-time order, so the store's newest event time T in the period says where the
+last run stopped. The next run with the same parameters replays the schedule without
+writing up to T (at T itself, it skips the calls whose dossier or call already has an
+event at T) and goes on from there: the same calls as one uninterrupted run, none twice.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from infra.node_tables import dossiers
+from producers import store
 from producers.errors import ServiceError
 from producers.service import DossierService
 from producers.sim.calendar import add_office_hours, at
@@ -35,6 +42,10 @@ from schemas.nodes import SITES, all_nodes
 
 class SimulationError(MotcuaError):
     """The simulation cannot run as asked."""
+
+
+class SimulationFinished(SimulationError):
+    """The store's simulation of this period has run to its end: nothing is left to do."""
 
 
 _CATEGORY_WEIGHTS = {  # assumption: what 1022 callers ask about
@@ -58,6 +69,9 @@ class Summary:
     refused: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     final_status: dict[str, int] = field(default_factory=dict)
+    resumed_from: datetime | None = None  # simulated time an earlier run stopped at
+    skipped: int = 0  # calls an earlier run made (replayed without writing)
+    finished: bool = False
 
     @property
     def events_written(self) -> int:
@@ -78,6 +92,9 @@ class Summary:
             "hotline_calls": self.hotline_calls,
             "operations": dict(sorted(self.operations.items())),
             "events_written": self.events_written,
+            "resumed_from": None if self.resumed_from is None
+            else self.resumed_from.astimezone(LOCAL_TZ).isoformat(),
+            "calls_made_by_earlier_runs": self.skipped, "finished": self.finished,
             "refused_operations": len(self.refused), "refused_examples": self.refused[:5],
             "elapsed_s": round(self.elapsed_s, 2),
             "events_per_s": round(self.events_written / self.elapsed_s) if self.elapsed_s
@@ -101,29 +118,47 @@ class Simulator:
         self._serial = 0
         self._node_index = {n.id: i for i, n in enumerate(all_nodes())}
         self.sim_time: datetime | None = None  # event time of the last call made
+        self._done_at: datetime | None = None  # where an earlier run stopped
+        self._done_subjects: set[str] = set()  # ids with an event at exactly _done_at
 
     def run(self) -> Summary:
         began = time.monotonic()
         cells = plan(self.start, self.end, scale=self.scale, seed=self.seed)
         calls = dict(zip(days_between(self.start, self.end),
                          hotline_plan(self.start, self.end, scale=self.scale), strict=True))
-        self._refuse_rerun(cells)
+        self._find_stop_point()
+        run_id = store.begin_simulation_run(self.service.engine, self.start, self.end,
+                                            self.seed, self.scale, self._done_at)
         by_day: dict[date, list[Cell]] = {}
         for cell in cells:
             by_day.setdefault(cell.day, []).append(cell)
         cutoff = at(self.end + timedelta(days=1), datetime.min.time())
-        clock = _Pacer(self.speed, at(self.start, datetime.min.time()))
-        for day in days_between(self.start, self.end):
-            for cell in by_day.get(day, []):
-                self._schedule_cell(cell)
-            self._schedule_calls(day, calls[day])
-            self._run_until(min(at(day + timedelta(days=1), datetime.min.time()), cutoff),
-                            clock)
-            if self.stop.is_set():
-                break
+        clock = _Pacer(self.speed, self._done_at or at(self.start, datetime.min.time()))
+        try:
+            for day in days_between(self.start, self.end):
+                for cell in by_day.get(day, []):
+                    self._schedule_cell(cell)
+                self._schedule_calls(day, calls[day])
+                self._run_until(min(at(day + timedelta(days=1), datetime.min.time()),
+                                    cutoff), clock)
+                if self.stop.is_set():
+                    break
+            else:
+                self.summary.finished = True
+        finally:
+            store.end_simulation_run(self.service.engine, run_id,
+                                     self.sim_time or self._done_at,
+                                     self.summary.events_written, self.summary.finished)
         self.summary.elapsed_s = time.monotonic() - began
         self.summary.final_status = self._final_status()
         return self.summary
+
+    def resume_point(self) -> datetime | None:
+        """Where (local time) an earlier run of this simulation stopped (None: it starts
+        afresh). Raises ``SimulationError`` if the store holds another simulation,
+        ``SimulationFinished`` if it holds this one to its end."""
+        self._find_stop_point()
+        return self._done_at
 
     # --- scheduling -----------------------------------------------------------------------
 
@@ -161,18 +196,42 @@ class Simulator:
 
     def _run_until(self, horizon: datetime, clock: _Pacer) -> None:
         while self._heap and self._heap[0][0] < horizon and not self.stop.is_set():
+            self._skip_done(horizon)
+            if not self._heap or self._heap[0][0] >= horizon:
+                return
             due_by = clock.sim_now_plus(0.2)
             with self.service.batch():
                 done = 0
                 while (self._heap and self._heap[0][0] < horizon and done < self.batch_ops
                        and self._heap[0][0] <= due_by):
                     _, _, index, ops = heapq.heappop(self._heap)
-                    self._execute(ops[index])
-                    done += 1
+                    if not self._made_before(ops[index]):
+                        self._execute(ops[index])
+                        done += 1
                     if index + 1 < len(ops):
                         self._push(ops, index + 1)
             if self._heap and self._heap[0][0] < horizon:
                 clock.wait_for(self._heap[0][0], self.stop)
+
+    def _made_before(self, op: Op) -> bool:
+        """Whether an earlier run of this simulation made this call (or had it refused)."""
+        if self._done_at is None:
+            return False
+        when = op[0].replace(microsecond=0)
+        if when < self._done_at or (when == self._done_at and op[3] in self._done_subjects):
+            self.summary.skipped += 1
+            return True
+        return False
+
+    def _skip_done(self, horizon: datetime) -> None:
+        """Replay, without a transaction, the calls an earlier run made."""
+        while self._heap and self._heap[0][0] < horizon:
+            _, _, index, ops = self._heap[0]
+            if not self._made_before(ops[index]):
+                return
+            heapq.heappop(self._heap)
+            if index + 1 < len(ops):
+                self._push(ops, index + 1)
 
     def _execute(self, op: Op) -> None:
         when, node, method, subject, kwargs = op
@@ -197,23 +256,44 @@ class Simulator:
             self.summary.received["full_online"] += kwargs["full_online"]
             self.summary.received_by_node[node] += 1
 
-    def _refuse_rerun(self, cells: list[Cell]) -> None:
-        first = next((c for c in cells if c.total), None)
-        if first is None:
-            return
-        probe = f"{first.node.id}-{first.day:%y%m%d}-00000"
-        with self.service.engine.connect() as conn:
-            if conn.execute(select(dossiers.c.dossier_id)
-                            .where(dossiers.c.dossier_id == probe)).first():
-                raise SimulationError(
-                    f"this store already holds a simulation of {first.day} (dossier {probe}); "
-                    "a dossier id is never reused: use a fresh store (--db, or delete it)")
+    def _find_stop_point(self) -> None:
+        """Check the store's recorded runs against this one and find where they stopped."""
+        engine = self.service.engine
+        asked = (self.start, self.end, self.seed, self.scale)
+        runs = store.simulation_runs_of(engine)
+        first = runs[0] if runs else None
+        if first is not None and (first.start, first.end, first.seed, first.scale) != asked:
+            where = (" and finished" if any(r.finished for r in runs) else
+                     f", stopped at {_local(runs[-1].stopped_at)}")
+            raise SimulationError(
+                f"this store holds the simulation {first.describe()}{where}; run with those "
+                "to continue it, or use a fresh store (--db, or delete it) for another")
+        lo = at(self.start, datetime.min.time())
+        hi = at(self.end + timedelta(days=1), datetime.min.time())
+        latest = store.latest_event_between(engine, lo, hi)
+        if first is None and latest is not None:
+            raise SimulationError(
+                f"this store already holds events of {self.start} … {self.end} (up to "
+                f"{_local(latest)}) from a run that recorded no parameters (an older "
+                "motcua); use a fresh store (--db, or delete it)")
+        if first is not None and any(r.finished for r in runs):
+            raise SimulationFinished(
+                f"the simulation {first.describe()} in this store is finished (up to "
+                f"{_local(latest)}); nothing is left to run. For another period or seed use "
+                "a fresh store (--db, or delete it)")
+        self._done_at = None if latest is None else latest.astimezone(LOCAL_TZ)
+        self._done_subjects = set() if latest is None else store.subjects_at(engine, latest)
+        self.summary.resumed_from = self._done_at
 
     def _final_status(self) -> dict[str, int]:
         with self.service.engine.connect() as conn:
             rows = conn.execute(select(dossiers.c.status, func.count())
                                 .group_by(dossiers.c.status).order_by(dossiers.c.status))
             return {str(status): n for status, n in rows}
+
+
+def _local(when: datetime | None) -> str:
+    return "its start" if when is None else f"{when.astimezone(LOCAL_TZ):%Y-%m-%d %H:%M:%S}"
 
 
 class _Pacer:

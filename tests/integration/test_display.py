@@ -341,7 +341,9 @@ def test_the_province_board_shows_what_motcua_counters_prints(
                              capture_output=True, text=True, timeout=60, check=True)
         printed = json.loads(out.stdout)
         api = server.get("/api/figures?scope=province&from=2025-07-01&to=2025-07-01").json()
-        assert api == printed
+        # the same figures (counters adds how fresh they are: as_of, behind, ...)
+        assert api == {k: v for k, v in printed.items() if k in api}
+        assert set(api) <= set(printed)
         snaps = read_snapshots(kafka_config, prefix + COUNTERS)
         assert scope_figures(snaps, "province", day, day).as_dict()["received"] == want
         # "as of": the event time of the newest event counted. Every receipt moves the

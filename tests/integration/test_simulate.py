@@ -78,7 +78,7 @@ def test_bad_arguments_are_one_line(tmp_path: Path) -> None:
     for args, words in ((["--speed", "fast"], "use a number"),
                         (["--from", "2025-13-01"], "is not a date"),
                         (["--from", "2025-07-05", "--to", "2025-07-01"], "before --from"),
-                        (["--scale", "0"], "--scale must be positive")):
+                        (["--scale", "0"], "argument --scale: 0: give a number above 0")):
         result = subprocess.run([*MOTCUA, "simulate", "--no-relay", *args],
                                 capture_output=True, text=True, timeout=60,
                                 env=cli_env(MOTCUA_DATA_DIR=str(tmp_path)))
