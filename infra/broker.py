@@ -98,12 +98,12 @@ def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(first, max(first + 1, low))
-        if not any(_port_in_use(host, port + i) for i in range(span)):
+        if not any(port_in_use(host, port + i) for i in range(span)):
             return port
     raise OSError(f"no free port found on {host} below {low}")
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -164,7 +164,7 @@ class EmbeddedBroker:
         return self._proc.pid
 
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
-        if _port_in_use(self.host, self.port):
+        if port_in_use(self.host, self.port):
             raise BrokerError(f"port {self.port} on {self.host} is already in use (another "
                               "broker?); pick another with --port or MOTCUA_BROKER_PORT")
         url = f"tcp://{self.host}:{self.port}"

@@ -32,10 +32,11 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from infra.db import driver_datetime, driver_sql, insert_ignore, reader, writer_if_free
+from infra.metrics import Metrics
 from infra.node_tables import node_heads, outbox, relay_leases
 
 log = logging.getLogger("motcua.relay")
@@ -77,9 +78,11 @@ def producer_config(kafka_config: dict[str, Any], round_seconds: float = 20.0
     # kafka-python 3.0 bootstraps from one random server and waits the whole timeout (30 s
     # by default) on it: a frozen node (connections accepted, nothing answered) cost the
     # relay 30 s per new producer in the fault drills (tests/chaos). A short one fails
-    # fast, and the relay's next try picks another server at random. A caller's value wins.
-    return {"bootstrap_timeout_ms": max(1000, budget_ms // 6),
-            **kafka_config, "acks": "all", "enable_idempotence": True,
+    # fast, and the relay's next try picks another server at random. A caller's shorter
+    # value wins (Settings.kafka_config carries MOTCUA_KAFKA_BOOTSTRAP_TIMEOUT_MS).
+    return {**kafka_config, "bootstrap_timeout_ms": min(
+                kafka_config.get("bootstrap_timeout_ms", budget_ms), max(1000, budget_ms // 6)),
+            "acks": "all", "enable_idempotence": True,
             "max_in_flight_requests_per_connection": 5, "linger_ms": 5,
             "batch_size": 256 * 1024, "request_timeout_ms": max(500, budget_ms // 2),
             "delivery_timeout_ms": budget_ms, "max_block_ms": max(500, budget_ms // 4),
@@ -98,8 +101,12 @@ class Relay:
     def __init__(self, engine: Engine, kafka_config: dict[str, Any], *,
                  nodes: Sequence[str] | None = None, topic_prefix: str = "",
                  holder: str | None = None, batch_size: int = 2000,
-                 lease_seconds: float = 60.0, idle_sleep: float = 0.02) -> None:
+                 lease_seconds: float = 60.0, idle_sleep: float = 0.02,
+                 metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics or Metrics("relay")
+        self._measured_at = 0.0
+        self._oldest: tuple[Any, float] | None = None  # the oldest waiting event, since when
         self.kafka_config = kafka_config
         self.nodes = list(nodes) if nodes is not None else None  # None: every node in store
         self.prefix = topic_prefix
@@ -124,19 +131,46 @@ class Relay:
         delay = 0.2
         while not stop.is_set():
             try:
+                self._measure()
+                began = time.monotonic()
                 sent = self.publish_once()
+                if sent:
+                    self.metrics.batch_seconds.observe(time.monotonic() - began)
                 delay = 0.2
                 if sent == 0:
                     stop.wait(self.idle_sleep)
             except (KafkaError, SQLAlchemyError) as exc:
                 self.stats.failures += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.error(self.stats.last_error)
                 log.warning("relay: %s unavailable (%s); retrying in %.1f s",
                             "Kafka" if isinstance(exc, KafkaError) else "the store",
                             self.stats.last_error, delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
         self.close()
+
+    def _measure(self, every: float = 5.0) -> None:
+        """Every few seconds: the events of this relay's nodes waiting in the outbox, and
+        for how long the oldest of them has been seen waiting (event times are no guide: a
+        simulation writes July's; a relay that keeps up moves its oldest on every time)."""
+        now = time.monotonic()
+        self.metrics.beat()
+        if now - self._measured_at < every:
+            return
+        self._measured_at = now
+        query = select(func.count(), func.min(outbox.c.occurred_at)).where(
+            outbox.c.published_at.is_(None))
+        if self.nodes is not None:
+            query = query.where(outbox.c.origin.in_(self.nodes))
+        with reader(self.engine) as conn:
+            count, oldest = conn.execute(query).one()
+        if not count:
+            self._oldest = None
+        elif self._oldest is None or self._oldest[0] != oldest:
+            self._oldest = (oldest, now)
+        self.metrics.outbox_waiting.set(count)
+        self.metrics.lag(count, 0.0 if self._oldest is None else now - self._oldest[1])
 
     def close(self) -> None:
         try:
@@ -161,6 +195,7 @@ class Relay:
         rows = self._next_rows(nodes) if nodes else []
         if not rows:
             return self._record(wait=False)
+        self.metrics.read(len(rows))
         producer = self._get_producer()  # a new one bootstraps: part of the round
         try:
             futures = [(row, producer.send(self.prefix + row.topic, value=bytes(row.body),
@@ -203,6 +238,7 @@ class Relay:
             self._acked_keys.add((row.origin, row.origin_seq))
             acked += 1
         self.stats.published += acked
+        self.metrics.wrote(acked)
         if error is not None:
             self._round_failed(error, stuck=pending)
             raise error
@@ -248,7 +284,9 @@ class Relay:
                 self.stats.deferred_marks += 1
                 return 0
             marks, self._acked = self._acked, []
+            began = time.monotonic()
             _mark(conn, marks)
+            self.metrics.commit_seconds.observe(time.monotonic() - began)
         self._acked_keys.clear()
         return len(marks)
 

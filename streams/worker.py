@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from faust.app.base import BootStrategy
 
 from infra.broker import free_port
 from infra.db import make_engine
+from infra.logs import logging_config
+from infra.metrics import Metrics, serve
 from schemas.keys import load_registry
 from schemas.snapshot import Snapshot, event_time
 from schemas.topics import COUNTERS, DEAD_LETTERS, DOSSIER_EVENTS, HOTLINE_EVENTS
@@ -75,6 +78,10 @@ class WorkerConfig:
     request_timeout_ms: int = 15_000
     replication_factor: int = 1  # faust's own topics
     security: dict[str, Any] = field(default_factory=dict)  # aiokafka connection options
+    metrics_port: int | None = None  # /metrics, /healthz, /readyz (infra/metrics.py)
+    log_format: str = "text"  # or "json" (infra/logs.py)
+    metrics_host: str = "127.0.0.1"
+    ready_lag_seconds: float = 10.0
 
 
 class StreamWorker:
@@ -108,6 +115,8 @@ class StreamWorker:
         self.consumer: AIOKafkaConsumer | None = None
         self._begun: Started | None = None  # begun, to be finished with the next batch
         self._committed_at = 0.0
+        self.metrics = Metrics("streams", ready_lag_seconds=config.ready_lag_seconds)
+        self._last_ts: dict[TP, float] = {}  # the newest record's send time read per partition
         self.app.task(self._consume)
         self.app.timer(0.1, name="publish-snapshots")(self._publish_due)
 
@@ -169,11 +178,38 @@ class StreamWorker:
                 wait = 0 if self._begun is not None else 200
                 fetched = await consumer.getmany(timeout_ms=wait, max_records=self.batch_size)
                 records = [m for messages in fetched.values() for m in messages]
+                self._measure_lag(records)
                 if records or self._begun is not None:
+                    began = time.monotonic()
                     await self.handle(records)
+                    self.metrics.batch_seconds.observe(time.monotonic() - began)
                     await self._commit_offsets()
         finally:
             await consumer.stop()
+
+    def _measure_lag(self, records: list[Any]) -> None:
+        """Lag in records (fetch high watermark minus position, over the assigned
+        partitions) and in seconds (how old the newest record read of a partition still
+        behind is: record timestamps are send times)."""
+        self.metrics.read(len(records))
+        for r in records:
+            self._last_ts[(r.topic, r.partition)] = r.timestamp / 1000
+        if self.consumer is None:
+            return
+        now = time.time()
+        events, oldest = 0, now
+        for tp in self.assigned:
+            try:
+                high = self.consumer.highwater(TopicPartition(*tp))
+            except Exception:  # noqa: BLE001, S112 - revoked meanwhile: not ours now
+                continue
+            position = self.processor.position(tp)
+            if high is None or position is None or high <= position:
+                continue
+            events += high - position
+            # a partition behind with no record read yet: the backlog's age is not known
+            oldest = min(oldest, self._last_ts.get(tp, float("-inf")))
+        self.metrics.lag(events, now - oldest if events else 0.0)
 
     async def _commit_offsets(self) -> None:
         """Tell the group where the store is, at most once a second: only for lag tools;
@@ -224,6 +260,8 @@ class StreamWorker:
             # and reads them again.
             log.exception("batch of %d partitions not stored; it will be read again",
                           len(begun.tps))
+            self.metrics.error(f"a batch was not stored ({len(begun.tps)} partitions); "
+                               "read again")
             self.processor.forget(begun.tps | self._drop_begun())
             await asyncio.sleep(1.0)
 
@@ -248,7 +286,14 @@ class StreamWorker:
             for dead in batch.dead:
                 log.warning("dead letter %s[%d]@%d: %s", dead.source_topic,
                             dead.partition, dead.offset, dead.reason)
+                self.metrics.dead(dead.reason)
+        began = time.monotonic()
         changed = self.processor.commit(batch)
+        self.metrics.commit_seconds.observe(time.monotonic() - began)
+        self.metrics.wrote(sum(end - start for start, end in batch.moves.values()))
+        now = time.time()
+        for origin in {link[0] for link in batch.links}:
+            self.metrics.origin_seen(origin, now)
         self.dirty.update((tp, scope, period) for tp, keys in changed.items()
                           for scope, period in keys)
         for tp, offset in batch.rewinds.items():
@@ -334,12 +379,14 @@ class StreamWorker:
                 self._reload_pending()
             except Exception:  # noqa: BLE001 - retried in 30 s
                 log.warning("could not read snapshot marks from the store")
-        if not self.dirty:
+        if not self.dirty:  # every change published: the snapshots are current
+            self.metrics.snapshot()
             return
         try:
             await self._publish_round()
-        except Exception:
+        except Exception as exc:
             log.exception("publishing snapshots failed; retrying")
+            self.metrics.error(f"publishing snapshots failed: {exc!r}")
 
     async def _publish_round(self) -> None:
         now = time.monotonic()
@@ -378,6 +425,7 @@ class StreamWorker:
         if sent:
             await asyncio.gather(*(fut for _, _, fut in sent))
             self.processor.store.published_many([(k[0], k[1], k[2], v) for k, v, _ in sent])
+            self.metrics.snapshot()
 
 
 class _NoFaustConsumer(BootStrategy):
@@ -432,6 +480,15 @@ def _credentials(security: dict[str, Any]) -> Any:
 def run(config: WorkerConfig, *, loglevel: str = "WARNING") -> int:
     """Run a worker until SIGINT/SIGTERM (faust's worker owns the loop and the signals)."""
     worker = StreamWorker(config)
-    faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
+    serve(worker.metrics, config.metrics_port, config.metrics_host)
+    # our logging (infra/logs.py: one line per event, no flood from a dead broker), and
+    # none of faust's terminal decoration in a log file: no spinner, no stdout redirect
+    # (it split a traceback into one log line per token)
+    faust_worker = faust.Worker(
+        worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+        logging_config=logging_config(loglevel, config.log_format,
+                                      worker.metrics.kafka_trouble))
+    if not sys.stderr.isatty():
+        faust_worker.spinner = None
     faust_worker.execute_from_commandline()
     return 0

@@ -30,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.audit.store import Accepted, Archive, Refused
 from consumers.audit.witness import COSIGNED, REFUSED, WAIT, Witness, site_of
-from infra.kafka_log import log_reader
+from infra.kafka_log import PollLag, log_reader
+from infra.metrics import Metrics
 from schemas.chain import DUPLICATE, judge_in_order
 from schemas.errors import MotcuaError
 from schemas.events import LOCAL_TZ
@@ -59,8 +60,11 @@ class Signer:
 class ArchiveConsumer:
     def __init__(self, archive: Archive, kafka_config: dict[str, Any], registry: KeyRegistry,
                  *, prefix: str = "", max_records: int = 5000,
-                 fetch_wait_ms: int = 100, signer: Signer | None = None) -> None:
+                 fetch_wait_ms: int = 100, signer: Signer | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.archive = archive
+        self.metrics = metrics or Metrics("archive")
+        self._lag = PollLag()
         self.signer = signer
         self.checkpoints = 0
         self.witness = (Witness(archive, signer.name, signer.key, signer.audit_keys)
@@ -101,14 +105,19 @@ class ArchiveConsumer:
                                 "%s", self.last_error)
             while not stop.is_set():
                 polled = consumer.poll(timeout_ms=500, max_records=self.max_records)
+                self.metrics.read(sum(len(r) for r in polled.values()))
+                self.metrics.lag(*self._lag.after(consumer, polled, time.time()))
                 try:
                     if polled:
+                        began = time.monotonic()
                         self._archive(polled)
+                        self.metrics.batch_seconds.observe(time.monotonic() - began)
                     if producer is not None and notes is not None:
                         self._checkpoint_if_due(producer)
                         self._read_notes(notes, producer)
                 except (SQLAlchemyError, OSError, KafkaError) as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.metrics.error(self.last_error)
                     log.warning("archive: %s; retrying from the committed positions in "
                                 "%.0f s", self.last_error, RETRY_SECONDS)
                     stop.wait(RETRY_SECONDS)
@@ -219,6 +228,7 @@ class ArchiveConsumer:
         note = self.archive.checkpoint(self.signer.name, self.signer.key,
                                        datetime.now(UTC).isoformat(timespec="seconds"))
         self._last_checkpoint = (now, today)
+        self.metrics.snapshot()  # signed, or nothing new to sign: the checkpoint is current
         if note is None:
             return
         # stored first, then published: a crash in between loses only this publication,
@@ -272,7 +282,12 @@ class ArchiveConsumer:
                 refusals.append(Refused(a.topic, a.partition, a.offset, verdict, a.value))
         # in the order Kafka gave them, so a segment reads in arrival order
         accepted.sort(key=lambda a: (a.topic, a.partition, a.offset))
+        began = time.monotonic()
         self.archive.append(accepted, refusals, moves)
+        self.metrics.commit_seconds.observe(time.monotonic() - began)
+        self.metrics.wrote(len(accepted))
+        for r in refusals:
+            self.metrics.dead(r.reason)
         self.archived += len(accepted)
         self.refused += len(refusals)
         for r in refusals:

@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumers.display.board import BoardId, Boards, UnknownBoard, all_boards, board_id
 from consumers.display.feed import Feed
+from infra.metrics import Metrics
 from infra.process import Loop
 from schemas.events import LOCAL_TZ
 from schemas.office import week_sessions
@@ -85,6 +86,7 @@ class DisplayConfig:
     amber_s: float = 30.0  # silence (within office time) before a board turns amber
     red_s: float = 120.0  # and red
     office: tuple[tuple[tuple[str, str], ...], ...] | None = None  # None: schemas.office
+    metrics: Metrics | None = None  # what the feed reports to /metrics (infra/metrics.py)
 
 
 def _today() -> date:
@@ -233,7 +235,8 @@ def create_app(config: DisplayConfig) -> Starlette:
 
         def wake() -> None:  # from the feed's thread
             loop.call_soon_threadsafe(hub.wake.set)
-        feed = Feed(config.kafka_config, config.topic, boards, lock, on_change=wake)
+        feed = Feed(config.kafka_config, config.topic, boards, lock, on_change=wake,
+                    metrics=config.metrics)
         state.update(hub=hub, feed=feed)
         runner = Loop(feed.run, "display-feed")  # starts it
         task = asyncio.create_task(hub.run(config.tick))

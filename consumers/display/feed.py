@@ -18,7 +18,8 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from consumers.display.board import Boards
-from infra.kafka_log import at_end, log_reader
+from infra.kafka_log import PollLag, at_end, log_reader
+from infra.metrics import Metrics
 
 log = logging.getLogger("motcua.display")
 
@@ -27,8 +28,11 @@ class Feed:
     """Reads ``topic`` into ``boards``; ``lock`` guards every use of ``boards``."""
 
     def __init__(self, kafka_config: dict[str, Any], topic: str, boards: Boards,
-                 lock: threading.Lock, on_change: Callable[[], None] = lambda: None) -> None:
+                 lock: threading.Lock, on_change: Callable[[], None] = lambda: None,
+                 metrics: Metrics | None = None) -> None:
         self.kafka_config = kafka_config
+        self.metrics = metrics or Metrics("display")
+        self._lag = PollLag()
         self.topic = topic
         self.boards = boards
         self.lock = lock
@@ -48,6 +52,7 @@ class Feed:
             except KafkaError as exc:
                 self.connected = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.error(self.last_error)
                 log.warning("display: counters topic unreadable (%s); retrying in %.1f s",
                             self.last_error, delay)
                 stop.wait(delay)
@@ -76,6 +81,8 @@ class Feed:
             self.last_error = None
             while not stop.is_set():
                 batches = consumer.poll(timeout_ms=200, max_records=5000)
+                self.metrics.read(sum(len(r) for r in batches.values()))
+                self.metrics.lag(*self._lag.after(consumer, batches, time.time()))
                 if batches:
                     with self.lock:
                         for tp, records in batches.items():
@@ -86,6 +93,8 @@ class Feed:
                                                 tp.partition, rec.offset)
                             self._positions[tp] = records[-1].offset + 1
                     self.last_record_at = time.time()
+                    self.metrics.wrote(sum(len(r) for r in batches.values()))
+                    self.metrics.snapshot()
                     self.on_change()
                 if not self.caught_up and all(at_end(consumer, tp) for tp in tps):
                     self.caught_up = True

@@ -34,7 +34,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from consumers.sync.replica import DATA_ERRORS, STORE_ERRORS, Applied, Refusal, Replica
-from infra.kafka_log import log_reader
+from infra.kafka_log import PollLag, log_reader
+from infra.metrics import Metrics
 from schemas.deadletter import DeadLetter
 from schemas.errors import MotcuaError
 from schemas.events import AnyEvent
@@ -51,8 +52,9 @@ HEARTBEAT_SECONDS = 5.0
 class SyncConsumer:
     def __init__(self, replica: Replica, kafka_config: dict[str, Any], registry: KeyRegistry,
                  *, prefix: str = "", max_records: int = 2000,
-                 fetch_wait_ms: int = 100) -> None:
+                 fetch_wait_ms: int = 100, metrics: Metrics | None = None) -> None:
         self.replica = replica
+        self.metrics = metrics or Metrics(f"sync-{replica.node}")
         self.kafka_config = kafka_config
         self.registry = registry
         self.node = replica.node
@@ -65,6 +67,7 @@ class SyncConsumer:
         self.polls = 0
         self.last_error: str | None = None
         self._next: dict[TopicPartition, int] = {}  # where the next record should be
+        self._lag = PollLag()
 
     def run(self, stop: threading.Event) -> None:
         """Apply the topics to the replica until ``stop`` is set."""
@@ -87,15 +90,20 @@ class SyncConsumer:
                 try:
                     polled = consumer.poll(timeout_ms=200, max_records=self.max_records)
                     self.polls += 1
+                    self.metrics.read(sum(len(r) for r in polled.values()))
+                    self.metrics.lag(*self._lag.after(consumer, polled, time.time()))
                     if not polled:
                         if time.monotonic() - beat > HEARTBEAT_SECONDS:
-                            self._safely(self.replica.note)
+                            if self._safely(self.replica.note):
+                                self.last_error = None  # caught up: as `sync status` says
                             beat = time.monotonic()
                         continue
+                    began = time.monotonic()
                     try:
                         self._apply(polled, producer)
                     except DATA_ERRORS:  # a record the database refuses: find it
                         self._apply_one_by_one(polled, producer)
+                    self.metrics.batch_seconds.observe(time.monotonic() - began)
                     beat = time.monotonic()
                 except (*STORE_ERRORS, KafkaError, OSError, StoreRefusesAll) as exc:
                     self._failed(_describe(exc))
@@ -205,15 +213,22 @@ class SyncConsumer:
                     log.warning("%s: rejected %s[%d]@%d: %s", self.node, letter.source_topic,
                                 letter.partition, letter.offset, letter.reason)
 
+        began = time.monotonic()
         result = self.replica.apply(events, moved, digests=digests,
                                     dead_letters=len(rejected),
                                     before_commit=write_dead_letters)
+        self.metrics.commit_seconds.observe(time.monotonic() - began)
+        self.metrics.wrote(len(events) - len(result.refused))
+        for reason in [r.reason for r in rejected] + [r.reason for r in result.refused]:
+            self.metrics.dead(reason)
         for tp in polled:
             self._next[tp] = moved.get((tp.topic, tp.partition), self._next.get(tp, 0))
         self.applied.add(result)
         self.dead += len(rejected) + len(result.refused)
+        # the last error lasts until the next batch commits (replica.error_is_current)
+        self.last_error = (f"rejected: {rejected[-1].reason}" if rejected else
+                           f"refused: {result.refused[-1].reason}" if result.refused else None)
         if rejected:
-            self.last_error = f"rejected: {rejected[-1].reason}"
             self._safely(self.replica.note, self.last_error)
 
     def _apply_one_by_one(self, polled: dict[TopicPartition, list[Any]],
@@ -256,16 +271,18 @@ class SyncConsumer:
         return DeadLetter(reason, **where)
 
     def _failed(self, error: str) -> None:
+        self.metrics.error(error)
         self.last_error = error
         log.warning("%s: %s", self.node, error)
         self._safely(self.replica.note, error)
 
     @staticmethod
-    def _safely(call: Any, *args: Any) -> None:
+    def _safely(call: Any, *args: Any) -> bool:
         try:
             call(*args)
         except STORE_ERRORS:
-            pass  # the database is what failed; the error is logged and retried already
+            return False  # the database is what failed; the error is logged and retried
+        return True
 
 
 def first_records(consumer: KafkaConsumer, starts: dict[TopicPartition, int],

@@ -23,9 +23,6 @@ a cache: it is moved aside (``var/archive.<time>``), never emptied.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -37,10 +34,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.audit.store import Archive
-from infra.broker import EmbeddedBroker, die_with_parent
+from infra import logs
+from infra.broker import EmbeddedBroker
 from infra.cli.audit import archive_dir, audit_keys
 from infra.cli.bootstrap import open_replica, provision, replica_exists
 from infra.cli.display import board_url
+from infra.cli.ops import start_metrics
+from infra.cli.supervise import Child, Supervisor
 from infra.kafka.cluster import KafkaCluster, lib_dir
 from infra.process import Loop, StopSignals
 from infra.settings import Settings
@@ -125,36 +125,39 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
             _reset_replicas(settings, engine, say)
             for site in SITES:
                 _reset_archive(settings, engine, say, site)
-        worker = _start_child(settings, bootstrap, "streams", ["streams"])
-        stack.callback(_stop_child, worker)
-        say(f"streams: worker pid {worker.pid}, store {settings.streams_store_url}, log "
-            f"{settings.data_dir / 'log' / 'streams.log'}; `motcua counters` prints its figures")
-        display = _start_child(settings, bootstrap, "display", ["display"])
-        stack.callback(_stop_child, display)
+        sup = Supervisor(settings, bootstrap, say)
+        own_port = sup.own_port = sup.next_port()  # MOTCUA_METRICS_PORT, unless taken
+        metrics = sup.metrics = start_metrics(settings, "relay", own_port)
+        # the relay's and the simulator's client libraries: rate-limited, and their Kafka
+        # errors make this process not ready (infra/logs.py)
+        logs.setup("WARNING", settings.log_format, metrics.kafka_trouble)
+        stack.callback(sup.stop_all)
+        worker = sup.start("streams", ["streams"])
+        say(f"streams: worker pid {worker.proc.pid}, store {settings.streams_store_url}, log "
+            f"{worker.log}; `motcua counters` prints its figures")
+        display = sup.start("display", ["display"])
         say(f"display: wall boards at {board_url(settings.display_host, settings.display_port)}"
-            f" (pid {display.pid}, log {settings.data_dir / 'log' / 'display.log'})")
+            f" (pid {display.proc.pid}, log {display.log})")
         # one archive per provincial site, as in production: each signs its checkpoints
         # and cosigns the other's (docs/audit.md)
         audit_keys(settings)  # both keys before both children, which would race to make them
-        archivers: dict[str, subprocess.Popen[bytes]] = {}
-        for site in SITES:
-            archivers[site] = _start_child(settings, bootstrap, _archive_log(settings, site),
-                                           ["archive", "--site", site])
-            stack.callback(_stop_child, archivers[site])
+        archivers = {site: sup.start(_archive_log(settings, site), ["archive", "--site", site])
+                     for site in SITES}
         say("archive: every verified event, twice, each site witnessing the other: "
-            + "; ".join(f"{site} in {archive_dir(settings, None, site)} (pid {child.pid})"
+            + "; ".join(f"{site} in {archive_dir(settings, None, site)} (pid {child.proc.pid})"
                         for site, child in archivers.items()))
-        syncs: dict[str, subprocess.Popen[bytes]] = {}
-        for node in [get_node(n).id for n in settings.sync_node_ids]:  # unknown: stop here
-            syncs[node] = _start_child(settings, bootstrap, f"sync-{node}",
-                                       ["sync", "--node", node])
-            stack.callback(_stop_child, syncs[node])
+        syncs = {node: sup.start(f"sync-{node}", ["sync", "--node", node])
+                 for node in [get_node(n).id for n in settings.sync_node_ids]}  # unknown: stop
         say(f"sync: {len(syncs)} replicas ("
-            + ", ".join(f"{node} pid {child.pid}" for node, child in syncs.items()) + ") under "
-            f"{settings.replica_url('{node}')[0]}; `motcua sync status` shows their lag")
+            + ", ".join(f"{node} pid {child.proc.pid}" for node, child in syncs.items())
+            + f") under {settings.replica_url('{node}')[0]}; `motcua sync status` shows their "
+            "lag")
+        say(f"metrics: /metrics, /healthz and /readyz of this process (relay) on port "
+            f"{own_port}, of the others on {', '.join(str(c.metrics_port) for c in sup.children)}"
+            "; `motcua status` shows them all")
         stop = threading.Event()
         relay = Relay(engine, settings.kafka_config(bootstrap),
-                      topic_prefix=settings.topic_prefix)
+                      topic_prefix=settings.topic_prefix, metrics=metrics)
         _loop(stack, relay.run, stop, "relay")
         say(f"relay: publishing every node's outbox from {settings.store_url}")
         sim = None
@@ -170,7 +173,7 @@ def run_up(settings: Settings, say: Say, options: UpOptions | None = None) -> in
                                         + "; " + _sync_status(syncs, settings)
                                         + _display_status(display, settings)
                                         + _archive_status(archivers, settings)),
-                            watch=lambda: _broker_gone(broker, cluster))
+                            watch=lambda: _watch(sup, broker, cluster))
         if name.startswith("error:"):
             say(f"{name}; stopping")
             stop.set()
@@ -186,6 +189,14 @@ def cluster_gone(cluster: KafkaCluster) -> str | None:
     if any(n.running() for n in cluster.nodes):
         return None
     return f"error: every Kafka node exited (see the logs under {cluster.directory})"
+
+
+def _watch(sup: Supervisor, broker: EmbeddedBroker | None, cluster: KafkaCluster | None
+           ) -> str | None:
+    """Every half second: children restarted as needed; a reason to stop if the broker
+    itself is gone (nothing can go on without it)."""
+    sup.check()
+    return _broker_gone(broker, cluster)
 
 
 def _broker_gone(broker: EmbeddedBroker | None, cluster: KafkaCluster | None = None
@@ -205,6 +216,10 @@ def _loop(stack: ExitStack, target: Callable[[threading.Event], None],
 
 def _simulate(sim: Simulator, say: Say) -> None:
     try:
+        resumed = sim.resume_point()  # another or a finished simulation: said, not run
+        if resumed is not None:
+            say(f"simulator: resuming this store's simulation where it stopped, at "
+                f"{resumed:%Y-%m-%d %H:%M:%S}")
         summary = sim.run()
     except MotcuaError as exc:
         say(f"simulator: {exc}")
@@ -272,19 +287,17 @@ def _archive_log(settings: Settings, site: str) -> str:
     return archive_dir(settings, None, site).name
 
 
-def _archive_status(archivers: dict[str, subprocess.Popen[bytes]], settings: Settings) -> str:
-    return "".join(f"; the archive of {site} exited with {child.returncode} (see "
-                   f"{settings.data_dir / 'log' / (_archive_log(settings, site) + '.log')})"
-                   for site, child in archivers.items() if child.poll() is not None)
+def _archive_status(archivers: dict[str, Child], settings: Settings) -> str:
+    return "".join(f"; the archive of {site} is DOWN (exited with {child.last_exit}, see "
+                   f"{child.log})" for site, child in archivers.items() if not child.running)
 
 
-def _sync_status(syncs: dict[str, subprocess.Popen[bytes]], settings: Settings) -> str:
+def _sync_status(syncs: dict[str, Child], settings: Settings) -> str:
 
     parts = []
     for node, child in syncs.items():
-        if child.poll() is not None:
-            parts.append(f"{node} EXITED ({child.returncode}, see "
-                         f"{settings.data_dir / 'log' / f'sync-{node}.log'})")
+        if not child.running:
+            parts.append(f"{node} DOWN (exited with {child.last_exit}, see {child.log})")
             continue
         try:
             replica = open_replica(settings, node, create=False)
@@ -298,36 +311,9 @@ def _sync_status(syncs: dict[str, subprocess.Popen[bytes]], settings: Settings) 
     return "sync: " + ", ".join(parts)
 
 
-def _start_child(settings: Settings, bootstrap: str, name: str, args: list[str]
-                 ) -> subprocess.Popen[bytes]:
-    """``motcua <args>`` as a child that dies with us (even on kill -9), its output in
-    ``var/log/<name>.log``."""
-    log_dir = settings.data_dir / "log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MOTCUA_KAFKA_BOOTSTRAP": bootstrap}
-    # the children see a bootstrap; keep the group timing of the broker really in use
-    env.setdefault("MOTCUA_GROUP_SESSION_TIMEOUT_MS",
-                   str(settings.group_config()["session_timeout_ms"]))
-    with (log_dir / f"{name}.log").open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "infra.cli", *args], env=env,
-                                stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_parent)  # only calls prctl: safe before exec
-
-
-def _stop_child(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(5)
-
-
-def _streams_status(worker: subprocess.Popen[bytes], settings: Settings) -> str:
-    if worker.poll() is not None:
-        return (f"streams worker exited with {worker.returncode} (see "
-                f"{settings.data_dir / 'log' / 'streams.log'})")
+def _streams_status(worker: Child, settings: Settings) -> str:
+    if not worker.running:
+        return f"streams worker DOWN (exited with {worker.last_exit}, see {worker.log})"
     try:
         folded, dead = stored_progress(settings.streams_store_url)
     except SQLAlchemyError:
@@ -335,15 +321,14 @@ def _streams_status(worker: subprocess.Popen[bytes], settings: Settings) -> str:
     return f"streams: {folded:,} records folded, {dead:,} dead letters"
 
 
-def _display_status(display: subprocess.Popen[bytes], settings: Settings) -> str:
-    if display.poll() is None:
+def _display_status(display: Child, settings: Settings) -> str:
+    if display.running:
         return ""
-    return (f"; display exited with {display.returncode} (see "
-            f"{settings.data_dir / 'log' / 'display.log'})")
+    return f"; display DOWN (exited with {display.last_exit}, see {display.log})"
 
 
 def _progress(sim: Simulator | None, relay: Relay, engine: Engine,
-              worker: subprocess.Popen[bytes] | None = None,
+              worker: Child | None = None,
               settings: Settings | None = None) -> str:
     waiting = store.count_unpublished(engine)
     parts = []

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from infra.broker import BrokerError, _port_in_use, die_with_parent, free_port, kafka_answers
+from infra.broker import BrokerError, die_with_parent, free_port, kafka_answers, port_in_use
 
 KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("pom.xml")
@@ -205,7 +205,7 @@ class KafkaNode:
         if self.running():
             return
         for port in (self.port, self.internal_port, self.controller_port):
-            if _port_in_use(HOST, port):
+            if port_in_use(HOST, port):
                 raise KafkaClusterError(f"port {port} on {HOST} is already in use (another "
                                         "cluster?); pick another with --port")
         self._log = open(self.log_path, "ab")  # closed in kill() / wait()

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -186,8 +187,17 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                 archive.close()
         assert held > 0, "the archive stayed empty"
 
+        # from here up's output is collected on a thread: a blocked readline has no deadline
+        later_lines: list[str] = []
+        reader = threading.Thread(target=lambda: later_lines.extend(proc.stdout or ()),
+                                  daemon=True)
+        reader.start()
+        worker_pid = _supervision(tmp_path / "var", port, worker_pid, later_lines)
+
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)  # every child stops in turn
+        proc.wait(timeout=60)  # every child stops in turn
+        reader.join(10)
+        rest = "".join(later_lines)
     finally:
         proc.kill()
     assert proc.returncode == 0, rest
@@ -197,6 +207,48 @@ def test_motcua_up_runs_the_system_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     for pid in [worker_pid, display_pid, archive_pid, *sync_pids]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # the worker, display, archive and sync consumers went with it
+
+
+def _status(data_dir: Path) -> dict[str, Any]:
+    out = run_cli("status", "--json", MOTCUA_DATA_DIR=str(data_dir))
+    assert out.returncode in (0, 1), out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def _supervision(data_dir: Path, port: int, worker_pid: int, lines: list[str]) -> int:
+    """Issue 14: every process `up` runs serves its metrics and shows in `motcua status`;
+    a worker killed with -9 is started again, and says so. Returns the new worker's pid."""
+    state = _status(data_dir)
+    rows = {r["name"]: r for r in state["processes"]}
+    assert {"streams", "display", "archive", "archive-site-thaibinh", "sync-site-phohien",
+            "sync-11977"} <= set(rows), rows.keys()
+    for name, row in rows.items():
+        assert row["running"], (name, row)
+        body = httpx.get(f"http://127.0.0.1:{row['metrics_port']}/metrics", timeout=10).text
+        assert "motcua_events_in_total" in body and "motcua_lag_events" in body, name
+        assert httpx.get(f"http://127.0.0.1:{row['metrics_port']}/healthz",
+                         timeout=10).status_code == 200, name
+    up = rows["up (relay, simulator)"]
+    assert up["metrics"]["motcua_events_out_total"] > 0, up  # the relay published
+    assert rows["streams"]["pid"] == worker_pid and rows["streams"]["restarts"] == 0
+
+    os.kill(worker_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            "streams: started again" in line for line in list(lines)):
+        time.sleep(0.5)
+    said = "".join(lines)
+    assert "streams: EXITED with status -9" in said, said
+    assert "streams: started again" in said, said
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        row = {r["name"]: r for r in _status(data_dir)["processes"]}["streams"]
+        if row["running"] and row.get("ready"):
+            break
+        time.sleep(1)
+    assert row["restarts"] == 1 and row["pid"] != worker_pid and row["running"], row
+    assert row.get("ready"), f"the restarted worker never caught up: {row}"
+    return int(row["pid"])
 
 
 def test_motcua_up_stops_with_an_error_when_its_broker_dies(tmp_path: Path) -> None:
