@@ -7,11 +7,13 @@ command at a real cluster; nothing else changes.
 
 from __future__ import annotations
 
+import os
+import re
 import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import MotcuaError
@@ -19,6 +21,64 @@ from schemas.errors import MotcuaError
 
 class SettingsError(MotcuaError):
     """An environment variable has a value motcua cannot use."""
+
+
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 one
+_SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})")
+_BACKENDS = ("sqlite", "postgresql")
+
+
+def _check_servers(value: str | None) -> str | None:
+    if value is None:
+        return None
+    for server in value.split(","):
+        match = _SERVER.fullmatch(server)
+        if match is None or not 1 <= int(match.group(2)) <= 65535:
+            raise ValueError(f"{server!r} is not host:port: give host:port[,host:port...], "
+                             "e.g. 127.0.0.1:9092")
+    return value
+
+
+def hide_password(url: str) -> str:
+    """``url`` with the password in it (``scheme://user:PASSWORD@``) shown as ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def check_db_url(value: str | None) -> str | None:
+    """A URL motcua can open: SQLite or PostgreSQL, with a driver that is installed."""
+    if value is None:
+        return None
+    from sqlalchemy.engine import make_url  # sqlalchemy is slow to import: only when set
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = ("give sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE")
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"not a database URL: {example}") from None
+    if url.get_backend_name() not in _BACKENDS:
+        raise ValueError(f"{url.get_backend_name()!r} is not supported (motcua keeps its "
+                         f"stores in SQLite or PostgreSQL): {example}")
+    try:
+        url.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError):
+        raise ValueError(f"driver {url.get_driver_name()!r} is not available: {example} "
+                         "(psycopg is the PostgreSQL driver motcua ships with)") from None
+    return value
+
+
+def _check_folder(value: Path | None, info: ValidationInfo) -> Path | None:
+    """The folder as an absolute path (every message then says where), refused when it,
+    or the nearest part of it that exists, is not a folder."""
+    if value is None:
+        return None
+    path = value.expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be made: {existing} is a file"
+        raise ValueError(f"{path} {what}, not a folder: set MOTCUA_{str(info.field_name).upper()} "
+                         "to a folder motcua may keep its files in")
+    return path
 
 
 class Settings(BaseSettings):
@@ -34,7 +94,7 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     # How long a command waits for a first answer from the cluster before saying it is down.
-    kafka_bootstrap_timeout_ms: int = Field(default=10_000, ge=500)
+    kafka_bootstrap_timeout_ms: int = Field(default=10_000, ge=500, le=600_000)
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
     # Unset: min(3, brokers in the cluster), with min.insync.replicas min(2, that): 1 on the
     # embedded broker, 3 (and 2) on a cluster of three or more.
@@ -48,7 +108,7 @@ class Settings(BaseSettings):
     group_heartbeat_interval_ms: int | None = Field(default=None, ge=100)
 
     db_url: str | None = None  # default: SQLite files under data_dir
-    data_dir: Path = Path("var")
+    data_dir: Path = Field(default=Path("var"), validate_default=True)  # made absolute
     keys_dir: Path | None = None  # default: data_dir / "keys"
     # The stream worker's store (folds, counters, source positions): SQLite under data_dir by
     # default; a PostgreSQL URL lets several workers share it (takeover without a rebuild).
@@ -66,6 +126,14 @@ class Settings(BaseSettings):
     display_host: str = "127.0.0.1"
     display_port: int = Field(default=8080, ge=1, le=65535)
     display_reload_hours: float = Field(default=0.0, ge=0.0, le=24 * 30)
+    # /metrics, /healthz, /readyz (infra/metrics.py): the address every --metrics-port binds,
+    # the first port `motcua up` gives its processes (up itself, then each child), and the
+    # lag under which a process is ready
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9400, ge=1, le=65000)
+    ready_lag_seconds: float = Field(default=10.0, gt=0)
+    # every long-running process's log: text lines, or one JSON object per line
+    log_format: Literal["text", "json"] = "text"
     # Each node's replica (``motcua sync``): SQLite files under data_dir/replicas by default.
     # A URL with ``{node}`` in it is filled in per node; a PostgreSQL URL without it gives
     # every node its own schema (replica_<node>) in that database, unless the URL sets a
@@ -84,6 +152,29 @@ class Settings(BaseSettings):
     # Only the test suite reads this: the PostgreSQL it may create throwaway schemas in.
     # (.ci/services.sh sets up exactly this one.)
     test_pg_url: str = "postgresql+psycopg://postgres:motcua@127.0.0.1:5432/test"
+
+    _servers = field_validator("kafka_bootstrap")(_check_servers)
+    _db_urls = field_validator("db_url", "streams_db_url", "sync_db_url")(check_db_url)
+    _folders = field_validator("data_dir", "keys_dir")(_check_folder)
+
+    @field_validator("sync_db_url")
+    @classmethod
+    def _sqlite_per_node(cls, value: str | None) -> str | None:
+        if (value is not None and value.startswith("sqlite") and "{node}" not in value
+                and "search_path" not in value):
+            raise ValueError("a SQLite URL needs {node} in it (one file per node), e.g. "
+                             "sqlite:///var/replicas/{node}.db")
+        return value
+
+    def check_data_dir_writable(self) -> None:
+        """A ``SettingsError`` unless motcua may write in ``data_dir`` (or create it): said
+        before a command starts, not as a traceback from deep inside it."""
+        existing = next(p for p in (self.data_dir, *self.data_dir.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = ("is not writable" if existing == self.data_dir
+                    else f"cannot be made ({existing} is not writable)")
+            raise SettingsError(f"MOTCUA_DATA_DIR: {self.data_dir} {what}: set "
+                                "MOTCUA_DATA_DIR to a folder you may write in")
 
     @property
     def bootstrap(self) -> str:
@@ -106,11 +197,8 @@ class Settings(BaseSettings):
             return f"sqlite:///{self.data_dir / 'replicas' / f'{node}.db'}", None
         if "{node}" in self.sync_db_url or "search_path" in self.sync_db_url:
             return self.sync_db_url.replace("{node}", node), None  # the URL says where
-        if self.sync_db_url.startswith("postgresql"):
-            return self.sync_db_url, "replica_" + node.replace("-", "_")
-        raise SettingsError(f"MOTCUA_SYNC_DB_URL={self.sync_db_url!r}: a SQLite URL needs "
-                            "{node} in it (one file per node), e.g. "
-                            "sqlite:///var/replicas/{node}.db")
+        # PostgreSQL: a SQLite URL without {node} was refused when the settings were read
+        return self.sync_db_url, "replica_" + node.replace("-", "_")
 
     @property
     def sync_node_ids(self) -> list[str]:
@@ -132,7 +220,10 @@ class Settings(BaseSettings):
             raise SettingsError("no Kafka bootstrap: set MOTCUA_KAFKA_BOOTSTRAP or run "
                                 "`motcua up` / `motcua broker` for the embedded broker")
         config: dict[str, Any] = {"bootstrap_servers": servers.split(","),
-                                  "security_protocol": self.kafka_security_protocol}
+                                  "security_protocol": self.kafka_security_protocol,
+                                  # every client waits this long for a first answer (its
+                                  # default, 30 s, left commands silent on a dead broker)
+                                  "bootstrap_timeout_ms": self.kafka_bootstrap_timeout_ms}
         if self.kafka_security_protocol.startswith("SASL"):
             if not (self.kafka_sasl_mechanism and self.kafka_sasl_username
                     and self.kafka_sasl_password):
@@ -203,7 +294,15 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"MOTCUA_{str(err['loc'][0]).upper()}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors(include_url=False))
+        problems = "; ".join(_problem(str(err["loc"][0]), err["msg"], err.get("input"))
+                             for err in exc.errors(include_url=False))
         raise SettingsError(problems) from None
+
+
+def _problem(field: str, msg: str, value: Any) -> str:
+    msg = msg.removeprefix("Value error, ")
+    if field.endswith("url") and isinstance(value, str):  # a password is not for stderr
+        value = hide_password(value)
+    if isinstance(value, Path) or str(value) in msg:
+        return f"MOTCUA_{field.upper()}: {msg}"  # the message shows it (absolute)
+    return f"MOTCUA_{field.upper()}: {msg} (got {value!r})"

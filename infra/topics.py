@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 
 from schemas.errors import MotcuaError
 from schemas.topics import TopicSpec
@@ -44,18 +49,31 @@ def kafka_reason(exc: KafkaError) -> str:
     return text if text.startswith(name) else f"{name}: {text}"
 
 
-def admin_client(kafka_config: dict[str, Any], bootstrap_timeout_ms: int = 10_000
+def admin_client(kafka_config: dict[str, Any], bootstrap_timeout_ms: int | None = None
                  ) -> KafkaAdminClient:
+    """An admin client; one that cannot bootstrap within ``bootstrap_timeout_ms`` (default:
+    the config's own, from MOTCUA_KAFKA_BOOTSTRAP_TIMEOUT_MS) is one ``TopicError``."""
+    timeout_ms = bootstrap_timeout_ms or kafka_config.get("bootstrap_timeout_ms", 10_000)
     try:
-        return KafkaAdminClient(client_id="motcua-admin", request_timeout_ms=10_000,
-                                bootstrap_timeout_ms=bootstrap_timeout_ms, **kafka_config)
+        return KafkaAdminClient(**{"client_id": "motcua-admin", "request_timeout_ms": 10_000,
+                                   **kafka_config, "bootstrap_timeout_ms": timeout_ms})
     except KafkaError as exc:
-        from infra.kafka_probe import why_unreachable  # imports aiokafka: only when needed
+        raise TopicError(unreachable(kafka_config, exc, timeout_ms)) from None
 
-        reason = why_unreachable(kafka_config, bootstrap_timeout_ms / 1000)
-        raise TopicError(reason or f"cannot reach Kafka at "
-                         f"{','.join(kafka_config['bootstrap_servers'])}: "
-                         f"{kafka_reason(exc)}") from None
+
+def unreachable(kafka_config: dict[str, Any], exc: KafkaError, timeout_ms: int) -> str:
+    """The one line for a client that could not bootstrap: the reason the servers give
+    (a refused password, an untrusted certificate), else that nothing answered in time."""
+    from infra.kafka_probe import why_unreachable  # imports aiokafka: only when needed
+
+    servers = ",".join(kafka_config["bootstrap_servers"])
+    # kafka-python's own text ("Unable to bootstrap from [...]") adds nothing to this
+    why = ("" if isinstance(exc, KafkaTimeoutError | KafkaConnectionError)
+           else f" ({kafka_reason(exc)})")
+    return why_unreachable(kafka_config, timeout_ms / 1000) or (
+        f"cannot reach Kafka at {servers}{why}: no answer within {timeout_ms / 1000:g} s "
+        "(MOTCUA_KAFKA_BOOTSTRAP_TIMEOUT_MS); start the broker (`motcua up` or `motcua "
+        "broker`) or set MOTCUA_KAFKA_BOOTSTRAP to a running cluster's host:port")
 
 
 def _partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str, int]:

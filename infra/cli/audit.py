@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +12,10 @@ from pathlib import Path
 from consumers.audit.archive import ArchiveConsumer, Signer
 from consumers.audit.store import Archive
 from consumers.audit.witness import checkpoint_name
-from infra.cli.args import parse_date
+from infra import logs
+from infra.cli.args import parse_date, seconds
 from infra.cli.bootstrap import provision
+from infra.cli.ops import add_metrics_port, start_metrics
 from infra.cli.streams import parse_scope
 from infra.process import Loop, StopSignals
 from infra.settings import Settings
@@ -43,9 +44,9 @@ def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         raise MotcuaError(f"--checkpoint-every {args.checkpoint_every:g}: give a number of "
                           "seconds above 0")
     provision(settings, settings.bootstrap, lambda _line: None)
-    logging.basicConfig(level=args.loglevel,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
+    metrics = start_metrics(settings, f"archive-{args.site}" if args.site else "archive",
+                            args.metrics_port)
+    logs.setup(args.loglevel, settings.log_format, metrics.kafka_trouble)
     root = archive_dir(settings, args.dir, args.site).resolve()
     archive = Archive.open(root)
     try:
@@ -62,7 +63,8 @@ def cmd_archive(args: argparse.Namespace, settings: Settings, say: Say) -> int:
                 f"{signer.name} and cosigns the other site's (keys in "
                 f"{settings.keys_path / 'audit'})")
         consumer = ArchiveConsumer(archive, settings.kafka_config(settings.bootstrap),
-                                   registry, prefix=settings.topic_prefix, signer=signer)
+                                   registry, prefix=settings.topic_prefix, signer=signer,
+                                   metrics=metrics)
         with StopSignals() as signals:
             loop = Loop(consumer.run, "archive")
             name = signals.wait(lambda: say(_line(consumer)), every=30.0,
@@ -347,11 +349,14 @@ def _cell(value: object) -> str:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: Say) -> None:
     r = sub.add_parser("report", help="the officials' report of a period (province, sites, "
                        "communes) from the audit archive")
-    r.add_argument("--from", dest="start", type=parse_date, help="first local date")
-    r.add_argument("--to", dest="end", type=parse_date, help="last local date (inclusive)")
+    r.add_argument("--from", dest="start", type=parse_date, metavar="YYYY-MM-DD",
+                   help="first local date (required)")
+    r.add_argument("--to", dest="end", type=parse_date, metavar="YYYY-MM-DD",
+                   help="last local date, inclusive (required)")
     r.add_argument("--scope", type=parse_scope, default=None,
                    help="one scope only (province, site:ID, commune:CODE); default all")
-    r.add_argument("--format", choices=["xlsx", "csv", "json"], default="xlsx")
+    r.add_argument("--format", choices=["xlsx", "csv", "json"], default="xlsx",
+                   help="the file's format (default xlsx, which needs --out)")
     r.add_argument("--out", help="the file to write (csv and json print when absent)")
     r.add_argument("--dir", help="the archive's folder (default: $MOTCUA_DATA_DIR/archive)")
     r.set_defaults(func=lambda a_, s: cmd_report(a_, s, say))
@@ -381,15 +386,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: S
     a.add_argument("--json", action="store_true", help="the report as JSON")
     a.add_argument("--scope", type=parse_scope, default=PROVINCE,
                    help="replay: province, site:ID or commune:CODE")
-    a.add_argument("--from", dest="start", type=parse_date,
-                   help="replay: first local date, YYYY-MM-DD")
-    a.add_argument("--to", dest="end", type=parse_date,
-                   help="replay: last local date, YYYY-MM-DD (inclusive)")
+    a.add_argument("--from", dest="start", type=parse_date, metavar="YYYY-MM-DD",
+                   help="replay: first local date")
+    a.add_argument("--to", dest="end", type=parse_date, metavar="YYYY-MM-DD",
+                   help="replay: last local date (inclusive)")
     a.add_argument("--no-live", action="store_true",
                    help="replay: do not read the live figures from Kafka")
-    a.add_argument("--timeout", type=float, default=30.0,
+    a.add_argument("--timeout", type=seconds, default=30.0, metavar="SECONDS",
                    help="seconds without progress before reading a topic to its end is "
-                   "given up")
+                   "given up (default 30)")
     a.set_defaults(func=lambda a_, s: cmd_audit(a_, s, say))
 
     p = sub.add_parser("archive", help="keep the audit archive: every verified event, in "
@@ -397,9 +402,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: S
     p.add_argument("--dir", help="the archive's folder (default: $MOTCUA_DATA_DIR/archive)")
     p.add_argument("--site", choices=list(SITES),
                    help="sign checkpoints of this archive as this provincial site")
-    p.add_argument("--checkpoint-every", type=float, default=60.0,
+    p.add_argument("--checkpoint-every", type=seconds, default=60.0, metavar="SECONDS",
                    help="seconds between two checkpoints (default 60; one also when the "
                    "local day ends)")
     p.add_argument("--loglevel", default="WARNING", type=str.upper,
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much the archive logs to stderr (default WARNING)")
+    add_metrics_port(p)
     p.set_defaults(func=lambda a, s: cmd_archive(a, s, say))

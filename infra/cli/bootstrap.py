@@ -14,6 +14,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from consumers.sync.replica import Replica
 from infra.db import make_engine
+from infra.metrics import Metrics
 from infra.process import Loop
 from infra.settings import Settings
 from infra.topics import admin_client, ensure_topics
@@ -52,9 +53,11 @@ def keyring(settings: Settings, say: Say) -> Keyring:
 
 
 def start_relay(settings: Settings, engine: Engine, bootstrap: str,
-                nodes: list[str] | None = None, **kwargs: float | str) -> tuple[Relay, Loop]:
+                nodes: list[str] | None = None, metrics: Metrics | None = None,
+                **kwargs: float | str) -> tuple[Relay, Loop]:
     relay = Relay(engine, settings.kafka_config(bootstrap), nodes=nodes,
-                  topic_prefix=settings.topic_prefix, **kwargs)  # type: ignore[arg-type]
+                  topic_prefix=settings.topic_prefix, metrics=metrics,
+                  **kwargs)  # type: ignore[arg-type]
     return relay, Loop(relay.run, "relay")
 
 
@@ -126,7 +129,8 @@ def kafka_security(settings: Settings) -> dict[str, Any]:
     return out
 
 
-def worker_config(settings: Settings, *, verify: bool = True) -> WorkerConfig:
+def worker_config(settings: Settings, *, verify: bool = True,
+                  metrics_port: int | None = None) -> WorkerConfig:
     """The stream worker's configuration (``verify`` False: no signature checks)."""
     from streams.worker import WorkerConfig
 
@@ -141,4 +145,6 @@ def worker_config(settings: Settings, *, verify: bool = True) -> WorkerConfig:
         session_timeout_ms=group["session_timeout_ms"],
         heartbeat_interval_ms=group["heartbeat_interval_ms"],
         replication_factor=settings.topic_replication_factor or 1,
-        security=kafka_security(settings))
+        security=kafka_security(settings), metrics_port=metrics_port,
+        log_format=settings.log_format, metrics_host=settings.metrics_host,
+        ready_lag_seconds=settings.ready_lag_seconds)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from infra.cli.args import absolute_path, int_between
 from infra.cli.up import cluster_gone, describe_nodes, local_cluster
 from infra.kafka.cluster import install
 from infra.process import StopSignals
@@ -38,8 +38,12 @@ def add_parsers(sub: Any, say: Say) -> None:
     p = sub.add_parser("kafka", help="a local Apache Kafka (KRaft) cluster from Maven jars")
     p.add_argument("action", choices=["install", "up"],
                    help="install: fetch the jars into var/kafka/lib; up: run the cluster")
-    p.add_argument("--brokers", type=int, help="nodes, each broker + controller (default 3)")
-    p.add_argument("--port", type=int,
-                   help="first client port (default 19092; node i: port+i)")
-    p.add_argument("--dir", type=Path, help="storage (default var/kafka/cluster)")
+    p.add_argument("--brokers", type=int_between(1, 9), metavar="N",
+                   help="nodes, each broker + controller, 1-9 (default MOTCUA_KAFKA_BROKERS, "
+                   "3)")
+    p.add_argument("--port", type=int_between(1, 65000),
+                   help="first client port, 1-65000 (default MOTCUA_KAFKA_PORT, 19092; node "
+                   "i: port+i, +100 internal, +200 controller)")
+    p.add_argument("--dir", type=absolute_path,
+                   help="storage (default $MOTCUA_DATA_DIR/kafka/cluster)")
     p.set_defaults(func=lambda a, s: cmd_kafka(a, s, say))

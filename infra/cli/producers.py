@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import threading
 import time
@@ -13,16 +12,19 @@ from datetime import date
 
 from sqlalchemy import Engine
 
-from infra.cli.args import parse_date
+from infra import logs
+from infra.cli.args import database_url, int_between, parse_date, positive, seconds
 from infra.cli.bootstrap import keyring, provision, start_relay
+from infra.cli.ops import add_metrics_port, start_metrics
 from infra.process import StopSignals
 from infra.settings import Settings
 from producers import store
 from producers.migrate import open_store
 from producers.service import DossierService
 from producers.sim.plan import plan
-from producers.sim.simulator import Simulator
+from producers.sim.simulator import SimulationFinished, Simulator
 from schemas.errors import MotcuaError
+from schemas.events import LOCAL_TZ
 from schemas.nodes import get_node
 
 Say = Callable[[str], None]
@@ -60,14 +62,22 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     plan(args.start, args.end, scale=args.scale, seed=args.seed)  # bad arguments fail here
     engine = open_store(args.db or settings.store_url)
     service = DossierService(engine, keyring(settings, note))
+    stop = threading.Event()
+    sim = Simulator(service, args.start, args.end, scale=args.scale, seed=args.seed,
+                    speed=args.speed, stop=stop)
+    try:  # another simulation in the store fails here, before anything starts
+        resumed = sim.resume_point()
+    except SimulationFinished as exc:
+        note(str(exc))
+        return 0
+    if resumed is not None:
+        note(f"resuming this store's simulation where it stopped, at "
+             f"{resumed.astimezone(LOCAL_TZ):%Y-%m-%d %H:%M:%S}")
     relay = None
     if not args.no_relay:
         bootstrap = settings.bootstrap
         provision(settings, bootstrap, lambda _line: None)
         relay, relay_loop = start_relay(settings, engine, bootstrap)
-    stop = threading.Event()
-    sim = Simulator(service, args.start, args.end, scale=args.scale, seed=args.seed,
-                    speed=args.speed, stop=stop)
     failure: list[BaseException] = []
     runner = threading.Thread(target=_run_capturing, args=(sim, failure), name="simulator")
     runner.start()
@@ -116,13 +126,15 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     if refused is not None:
         raise MotcuaError(refused)
     engine = open_store(args.db or settings.store_url)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    metrics = start_metrics(settings, "relay", args.metrics_port)
+    logs.setup("WARNING", settings.log_format, metrics.kafka_trouble)
     extra: dict[str, float | str] = {"lease_seconds": args.lease_seconds,
                                      "batch_size": args.batch_size}
     if args.holder:
         extra["holder"] = args.holder
     with StopSignals() as signals:
-        relay, loop = start_relay(settings, engine, settings.bootstrap, nodes, **extra)
+        relay, loop = start_relay(settings, engine, settings.bootstrap, nodes,
+                                  metrics, **extra)
         say(f"relay {relay.holder}: publishing "
             f"{'every node' if nodes is None else ', '.join(nodes)} from "
             f"{engine.url.render_as_string(hide_password=True)}")
@@ -135,23 +147,39 @@ def cmd_relay(args: argparse.Namespace, settings: Settings, say: Say) -> int:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                 say: Say) -> None:
     p = sub.add_parser("simulate", help="drive all 106 nodes with the calibrated workload")
-    p.add_argument("--from", dest="start", type=parse_date, default=date(2025, 7, 1))
-    p.add_argument("--to", dest="end", type=parse_date, default=date(2025, 7, 30))
-    p.add_argument("--speed", type=parse_speed, default=None, help="N (x real time) or max")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--db", help="node store URL (default MOTCUA_DB_URL or var/nodes.db)")
+    p.add_argument("--from", dest="start", type=parse_date, default=date(2025, 7, 1),
+                   metavar="YYYY-MM-DD", help="first simulated local date (default 2025-07-01)")
+    p.add_argument("--to", dest="end", type=parse_date, default=date(2025, 7, 30),
+                   metavar="YYYY-MM-DD",
+                   help="last simulated local date, inclusive (default 2025-07-30)")
+    p.add_argument("--speed", type=parse_speed, default=None, metavar="N|max",
+                   help="N x real time (60: an office hour a minute) or max (default: max)")
+    p.add_argument("--seed", type=int, default=1, metavar="N",
+                   help="random seed: the same seed, dates and scale give the same dossiers "
+                   "(default 1)")
+    p.add_argument("--scale", type=positive, default=1.0, metavar="FACTOR",
+                   help="volume, above 0 (1 = July 2025's dossiers and calls; default 1)")
+    p.add_argument("--db", type=database_url, metavar="URL",
+                   help="node store URL (default MOTCUA_DB_URL, else "
+                   "$MOTCUA_DATA_DIR/nodes.db)")
     p.add_argument("--no-relay", action="store_true", help="only write the node stores")
-    p.add_argument("--drain-timeout", type=float, default=120.0,
-                   help="seconds to wait at the end for the relay to publish everything")
+    p.add_argument("--drain-timeout", type=seconds, default=120.0, metavar="SECONDS",
+                   help="seconds to wait at the end for the relay to publish everything "
+                   "(default 120)")
     p.set_defaults(func=lambda a, s: cmd_simulate(a, s, say))
 
     p = sub.add_parser("relay", help="publish nodes' outboxes to Kafka")
-    p.add_argument("--node", action="append", help="node id (repeatable)")
+    p.add_argument("--node", action="append", metavar="ID",
+                   help="a node whose outbox to publish (repeatable)")
     p.add_argument("--all", action="store_true", help="every node in the store")
-    p.add_argument("--db", help="node store URL (default MOTCUA_DB_URL or var/nodes.db)")
-    p.add_argument("--lease-seconds", type=float, default=60.0,
-                   help="how long another relay waits after this one died (default 60)")
-    p.add_argument("--holder", help="lease holder name (default host:pid)")
-    p.add_argument("--batch-size", type=int, default=2000, help="events per send round")
+    p.add_argument("--db", type=database_url, metavar="URL",
+                   help="node store URL (default MOTCUA_DB_URL, else "
+                   "$MOTCUA_DATA_DIR/nodes.db)")
+    p.add_argument("--lease-seconds", type=seconds, default=60.0, metavar="SECONDS",
+                   help="seconds another relay waits after this one died before it takes "
+                   "over (default 60)")
+    p.add_argument("--holder", metavar="NAME", help="lease holder name (default host:pid)")
+    p.add_argument("--batch-size", type=int_between(1, 100_000), default=2000, metavar="N",
+                   help="events per send round, 1-100000 (default 2000)")
+    add_metrics_port(p)
     p.set_defaults(func=lambda a, s: cmd_relay(a, s, say))

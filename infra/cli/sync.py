@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.sync.consumer import SOURCE_TOPICS, SyncConsumer, lag_of
-from infra.cli.bootstrap import open_replica, provision, replica_exists
+from infra import logs
+from infra.cli.args import database_url, seconds
+from infra.cli.bootstrap import open_replica, provision, replica_exists, replica_location
+from infra.cli.ops import add_metrics_port, start_metrics
 from infra.process import Loop, StopSignals
 from infra.settings import Settings
+from schemas.deadletter import local_text, one_line
 from schemas.errors import MotcuaError
 from schemas.keys import load_registry
 from schemas.nodes import UnknownNode, get_node
@@ -39,13 +44,12 @@ def cmd_sync(args: argparse.Namespace, settings: Settings, say: Say) -> int:
     registry = load_registry(settings.keys_path)  # a missing keystore: say so before anything
     provision(settings, settings.bootstrap, lambda _line: None)
     # logging from here on: a broker that is down at start is one line above, not a log
-    logging.basicConfig(level=args.loglevel,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # kafka-python warns about its own slow event-loop turns: noise on a busy 2-core machine
-    logging.getLogger("kafka").setLevel(max(logging.ERROR, logging.getLogger().level))
+    metrics = start_metrics(settings, f"sync-{node}", args.metrics_port)
+    logs.setup(args.loglevel, settings.log_format, metrics.kafka_trouble)
     replica = open_replica(settings, node, args.db)
     consumer = SyncConsumer(replica, settings.kafka_config(settings.bootstrap), registry,
-                            prefix=settings.topic_prefix, max_records=settings.sync_batch)
+                            prefix=settings.topic_prefix, max_records=settings.sync_batch,
+                            metrics=metrics)
     what = "every dossier and call" if replica.is_site else "the dossiers it received, " \
         "handles or returns"
     say(f"sync {node}: replica {replica.engine.url.render_as_string(hide_password=True)} "
@@ -71,8 +75,10 @@ def node_status(settings: Settings, node: str, db: str | None = None,
                 timeout: float = 15.0) -> dict[str, Any]:
     """What ``sync status`` shows for one node."""
     if not replica_exists(settings, node, db):
-        return {"node": node, "replica": "none yet (start `motcua sync --node "
-                f"{node}` or `motcua up`)"}
+        where = _replica_file(settings, node, db)
+        return {"node": node, "missing": str(where),
+                "replica": f"none yet at {where} (start `motcua sync --node {node}` or "
+                "`motcua up`)"}
     replica = open_replica(settings, node, db, create=False)  # status writes nothing
     try:
         held = replica.status()
@@ -98,9 +104,35 @@ def node_status(settings: Settings, node: str, db: str | None = None,
         "last_applied_at": iso(held["applied_at"]), "last_seen_at": iso(seen),
         "seconds_since_seen": (round((datetime.now(UTC) - seen).total_seconds(), 1)
                                if isinstance(seen, datetime) else None),
-        "last_error": held["last_error"], "last_error_at": iso(held["last_error_at"]),
+        # an error the consumer has got past is no health problem: kept apart, full text
+        **({"last_error": held["last_error"], "last_error_at": iso(held["last_error_at"])}
+           if held["error_current"] else
+           {"last_error": None, "last_error_at": None, "past_error": held["last_error"],
+            "past_error_at": iso(held["last_error_at"])}),
         "positions_beyond_log_end": lag.beyond,
     }
+
+
+def _replica_file(settings: Settings, node: str, db: str | None) -> Path:
+    """The absolute path of ``node``'s SQLite replica (relative URLs: from here)."""
+    url, _ = replica_location(settings, node, db)
+    return Path(str(make_url(url).database)).absolute()
+
+
+def _nowhere(settings: Settings, rows: list[dict[str, Any]], db: str | None) -> str:
+    """The error when not one replica is there: where they were looked for, and why there."""
+    folders = sorted({str(Path(r["missing"]).parent) for r in rows})
+    if db is not None:
+        why = "--db chooses where"
+    elif settings.sync_db_url is not None:
+        why = "MOTCUA_SYNC_DB_URL chooses where"
+    else:
+        why = f"MOTCUA_DATA_DIR={settings.data_dir} chooses the folder"
+    return (f"no replica of {', '.join(r['node'] for r in rows)} in {' or '.join(folders)}; "
+            f"{why}: point it at the data of `motcua up`, or start `motcua sync --node ID`")
+
+
+ERROR_WIDTH = 72  # the row stays readable in a terminal; --json has the whole text
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
@@ -111,6 +143,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
             rows.append(node_status(settings, node, args.db, args.timeout))
         except MotcuaError as exc:  # one node's replica unreadable: say so, go on
             rows.append({"node": node, "replica": str(exc)})
+    if rows and all("missing" in r for r in rows):  # a wrong folder, most likely: say where
+        raise MotcuaError(_nowhere(settings, rows, args.db))
     if args.json:
         say(json.dumps(rows, ensure_ascii=False, indent=1))
         return 0
@@ -126,7 +160,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
         stale = r["seconds_since_seen"]
         alive = "" if stale is not None and stale < 30 else " · consumer not seen for " + (
             "ever" if stale is None else f"{stale:.0f} s")
-        error = f" · {r['last_error_at']} {r['last_error']}" if r["last_error"] else ""
+        error = (f" · last error {local_text(datetime.fromisoformat(r['last_error_at']))} "
+                 f"{one_line(r['last_error'], ERROR_WIDTH)}" if r["last_error"] else "")
         if r["positions_beyond_log_end"]:
             error += (" · positions past the log end on "
                       f"{', '.join(r['positions_beyond_log_end'])} (another log? a restart of "
@@ -139,15 +174,26 @@ def cmd_status(args: argparse.Namespace, settings: Settings, say: Say) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], say: Say) -> None:
     p = sub.add_parser("sync", help="run a node's sync consumer, or show every replica's lag "
-                       "(`sync status`)")
-    p.add_argument("action", nargs="?", choices=["run", "status"], default="run")
-    p.add_argument("--node", type=_node, action="append",
-                   help="a site or a commune code (status: repeat, default MOTCUA_SYNC_NODES)")
-    p.add_argument("--db", help="the replica's database URL ({node} is filled in); default "
-                   "MOTCUA_SYNC_DB_URL, else var/replicas/<node>.db")
-    p.add_argument("--json", action="store_true", help="status as JSON")
-    p.add_argument("--timeout", type=float, default=15.0,
-                   help="status: deadline to read the log end (s)")
+                       "(`sync status`)", usage="motcua sync --node ID [options]\n"
+                       "       motcua sync status [--node ID ...] [--json] [options]",
+                       description="`motcua sync --node ID` keeps ID's replica up to date "
+                       "(runs until Ctrl-C); `motcua sync status` shows how far behind each "
+                       "replica is.")
+    # "run" stays accepted (`motcua sync run --node ID`); the usage shows the two forms
+    p.add_argument("action", nargs="?", choices=["run", "status"], default="run",
+                   metavar="status", help="show each replica's lag instead of running a "
+                   "node's sync consumer")
+    p.add_argument("--node", type=_node, action="append", metavar="ID",
+                   help="a site or a commune code (status: repeatable; default "
+                   "MOTCUA_SYNC_NODES)")
+    p.add_argument("--db", type=database_url, metavar="URL",
+                   help="the replica's database URL ({node} is filled in); default "
+                   "MOTCUA_SYNC_DB_URL, else $MOTCUA_DATA_DIR/replicas/<node>.db")
+    p.add_argument("--json", action="store_true", help="status: print the rows as JSON")
+    p.add_argument("--timeout", type=seconds, default=15.0, metavar="SECONDS",
+                   help="status: seconds to wait for the log end of the topics (default 15)")
     p.add_argument("--loglevel", default="WARNING", type=str.upper,
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much the consumer logs to stderr (default WARNING)")
+    add_metrics_port(p)
     p.set_defaults(func=lambda a, s: cmd_sync(a, s, say))

@@ -606,7 +606,7 @@ def test_a_checkpoint_interval_that_is_not_positive_is_refused(
                                              MOTCUA_KEYS_DIR=str(day.keys_dir),
                                              MOTCUA_DATA_DIR=str(tmp_path / "var")),
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "--checkpoint-every -1" in out.stderr, out.stderr
+    assert out.returncode == 2 and "--checkpoint-every: -1" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 
 
