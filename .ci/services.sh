@@ -5,6 +5,7 @@
 #   Apache Kafka: Java 17 + Maven (Debian's packages if missing), then `motcua kafka install`
 #               resolves the jars into var/kafka/lib (Maven's cache ~/.m2 serves a re-run).
 #   Chromium:   Debian's package, for the wall boards' browser tests (Playwright).
+#   promtool:   Debian's prometheus package, for infra/deploy's alert rules' tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PG_PASSWORD=${MOTCUA_TEST_PG_PASSWORD:-motcua}
@@ -59,3 +60,12 @@ if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
 fi
 echo "services: chromium ready ($(( $(date +%s) - t0 )) s)"
+
+# infra/deploy's alert rules are checked and unit-tested (alerts.test.yml) with promtool,
+# from Debian's prometheus package (nothing of it is started).
+t0=$(date +%s)
+if ! command -v promtool >/dev/null; then
+  echo "services: installing promtool (Debian package prometheus)"
+  apt_install --no-install-recommends prometheus
+fi
+echo "services: promtool ready ($(( $(date +%s) - t0 )) s)"

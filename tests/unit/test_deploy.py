@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +221,20 @@ def test_every_motcua_variable_is_a_setting() -> None:
     assert {"MOTCUA_KAFKA_BOOTSTRAP", "MOTCUA_DB_URL", "MOTCUA_STREAMS_DB_URL",
             "MOTCUA_SYNC_DB_URL", "MOTCUA_DATA_DIR", "MOTCUA_KEYS_DIR",
             "MOTCUA_KAFKA_SASL_PASSWORD", "MOTCUA_KAFKA_SSL_CAFILE"} <= seen
+
+
+def test_the_alert_rules_fire_when_they_should_and_only_then() -> None:
+    """`promtool` (Debian's prometheus package, installed by .ci/services.sh) checks the
+    rules' syntax and runs alerts.test.yml: each alert on synthetic series, e.g. a commune
+    silent in office hours (alert) and after closing or on a Saturday (none)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; "
+                    ".ci/services.sh does it)")
+    checked = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=DEPLOY,
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run([promtool, "test", "rules", "alerts.test.yml"], cwd=DEPLOY,
+                            capture_output=True, text=True, timeout=120)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
