@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache, partial
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 #: How long a SQLite writer waits for the lock before "database is locked".
 BUSY_TIMEOUT_MS = 30_000
@@ -169,3 +171,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, sync: str = "FULL") -> 
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute(f"PRAGMA synchronous={'NORMAL' if sync == 'NORMAL' else 'FULL'}")
     cursor.close()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of a SQLite URL's file (query string and all), None for another
+    database, an in-memory one or a URL that does not parse."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database \
+            or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).absolute()

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from consumers.sync.replica import Replica
-from infra.db import make_engine
+from infra.db import make_engine, sqlite_file
 from infra.metrics import Metrics
 from infra.process import Loop
 from infra.settings import Settings
@@ -107,10 +107,8 @@ def open_replica(settings: Settings, node: str, db: str | None = None, *,
 def replica_exists(settings: Settings, node: str, db: str | None = None) -> bool:
     """False when ``node``'s SQLite replica file is not there (PostgreSQL: assumed)."""
     url, _ = replica_location(settings, node, db)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return bool(parsed.database) and Path(str(parsed.database)).exists()
-    return True
+    path = sqlite_file(url)
+    return path is None or path.exists()
 
 
 def kafka_security(settings: Settings) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from infra.db import make_engine
+from infra.db import make_engine, sqlite_file
 from producers.store import lock_head
 from schemas.errors import MotcuaError
 from schemas.keys import rotate_key
@@ -19,8 +19,8 @@ def rotate(node: str, directory: Path, url: str, say: Callable[[str], None]) -> 
     event is signed between reading the next seq and replacing the key files, so every
     event before it carries the old key and every one after it the new."""
     get_node(node)  # an unknown node: one line, before touching anything
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise MotcuaError(f"no node store at {url.removeprefix('sqlite:///')}: give --db "
+    if (path := sqlite_file(url)) is not None and not path.is_file():
+        raise MotcuaError(f"no node store at {path}: give --db "
                           f"URL (the store that writes {node}'s events) or set MOTCUA_DB_URL")
     engine = make_engine(url)
     try:

@@ -26,6 +26,7 @@ from infra.cli import streams as streams_cli
 from infra.cli import sync as sync_cli
 from infra.cli.bootstrap import provision
 from infra.cli.up import UpOptions, run_up
+from infra.db import sqlite_file
 from infra.process import StopSignals
 from infra.settings import Settings, hide_password, load_settings
 from infra.topics import admin_client, describe, kafka_reason, unreachable
@@ -250,19 +251,6 @@ def _host_port(url: str) -> str | None:
     return f'"{parsed.host}", port {parsed.port or 5432}' if parsed.host else None
 
 
-def _sqlite_file(url: str) -> str:
-    """The absolute path of a SQLite URL's file ("" for another database)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return ""
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
-        return ""
-    return str(Path(parsed.database).absolute())
-
-
 def _os_problem(exc: OSError, settings: Settings | None, args: argparse.Namespace) -> str:
     """One line for a file or folder motcua could not make or use, naming what chose it."""
     if not exc.filename:
@@ -273,7 +261,7 @@ def _os_problem(exc: OSError, settings: Settings | None, args: argparse.Namespac
               and isinstance(v, str | Path) and str(where) in str(Path(str(v)).absolute())]
     if settings is not None:
         chosen += [n for n, u in _db_urls(settings, args).items()
-                   if str(where) in _sqlite_file(u)]
+                   if str(where) in str(sqlite_file(u) or "")]
         if not chosen and where.is_relative_to(settings.data_dir):
             chosen.append(f"MOTCUA_DATA_DIR={settings.data_dir}")
     return line + (f" (from {' / '.join(chosen)}: give a folder motcua can make and write "

@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 from infra.cli.args import parse_date, seconds
@@ -156,11 +155,11 @@ def _worker_positions(url: str) -> dict[tuple[str, int], int] | None:
     from sqlalchemy import inspect
     from sqlalchemy.exc import SQLAlchemyError
 
-    from infra.db import make_engine
+    from infra.db import make_engine, sqlite_file
     from streams import tables
     from streams.store import StreamStore
 
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    if (path := sqlite_file(url)) is not None and not path.exists():
         return None
     engine = make_engine(url)
     try:
