@@ -238,3 +238,20 @@ def test_the_alert_rules_fire_when_they_should_and_only_then() -> None:
                             capture_output=True, text=True, timeout=120)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
+
+
+def test_promtool_takes_the_scrape_config_with_each_targets_file(tmp_path: Path) -> None:
+    """prometheus.yml names its rule and targets files where a host installs them
+    (/etc/prometheus); here they are copied beside it and the paths pointed there."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; "
+                    ".ci/services.sh does it)")
+    for targets in sorted((DEPLOY / "prometheus").glob("targets-*.yml")):
+        for name in ("alerts.yml", "prometheus.yml"):
+            (tmp_path / name).write_text((DEPLOY / name).read_text().replace(
+                "/etc/prometheus/", f"{tmp_path}/").replace(
+                f"{tmp_path}/motcua-targets.yml", str(targets)))
+        checked = subprocess.run([promtool, "check", "config", "prometheus.yml"],
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, (targets.name, checked.stdout + checked.stderr)
