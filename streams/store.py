@@ -11,10 +11,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, inspect, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, delete, inspect, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from infra.db import driver_sql, insert_ignore, make_engine
+from infra.db import driver_sql, insert_ignore, make_engine, sqlite_file
 from schemas.chain import Link, Place
 from schemas.counters import RULES_VERSION, CounterKey
 from schemas.errors import MotcuaError
@@ -316,16 +316,21 @@ def reset_store(url: str) -> bool:
         engine.dispose()
 
 
-def stored_progress(url: str) -> tuple[int, int]:
-    """(records folded, dead letters) over every source partition in the store."""
+def stored_positions(url: str) -> dict[TP, tuple[int, int]] | None:
+    """(next offset, dead letters) per source partition of the store at ``url``, or None
+    when there is none (no worker ever started there). Read only: nothing is created."""
+    if (path := sqlite_file(url)) is not None and not path.exists():
+        return None
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
-            if not inspect(conn).has_table(t.positions.name):
-                return 0, 0
-            row = conn.execute(select(func.coalesce(func.sum(t.positions.c.next_offset), 0),
-                                      func.coalesce(func.sum(t.positions.c.dead_letters), 0))
-                               ).one()
-            return int(row[0]), int(row[1])
+        if not inspect(engine).has_table(t.positions.name):
+            return None
+        return StreamStore(engine).positions()
     finally:
         engine.dispose()
+
+
+def stored_progress(url: str) -> tuple[int, int]:
+    """(records folded, dead letters) over every source partition in the store."""
+    positions = (stored_positions(url) or {}).values()
+    return sum(n for n, _ in positions), sum(d for _, d in positions)

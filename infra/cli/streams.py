@@ -151,25 +151,16 @@ def _freshness(args: argparse.Namespace, settings: Settings, snaps: dict[str, An
 
 def _worker_positions(url: str) -> dict[tuple[str, int], int] | None:
     """The stream worker's stored next offset per source partition, or None if it has no
-    store here (never started). Read only: nothing is created."""
-    from sqlalchemy import inspect
+    store here (never started) or the store cannot be read."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from infra.db import make_engine, sqlite_file
-    from streams import tables
-    from streams.store import StreamStore
+    from streams.store import stored_positions
 
-    if (path := sqlite_file(url)) is not None and not path.exists():
-        return None
-    engine = make_engine(url)
     try:
-        if not inspect(engine).has_table(tables.positions.name):
-            return None
-        return {tp: n for tp, (n, _) in StreamStore(engine).positions().items()}
+        stored = stored_positions(url)
     except SQLAlchemyError:
         return None
-    finally:
-        engine.dispose()
+    return None if stored is None else {tp: n for tp, (n, _) in stored.items()}
 
 
 def render(fig: Figures) -> str:

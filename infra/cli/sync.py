@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from consumers.sync.consumer import SOURCE_TOPICS, SyncConsumer, lag_of
@@ -17,6 +16,7 @@ from infra import logs
 from infra.cli.args import database_url, seconds
 from infra.cli.bootstrap import open_replica, provision, replica_exists, replica_location
 from infra.cli.ops import add_metrics_port, start_metrics
+from infra.db import sqlite_file
 from infra.process import Loop, StopSignals
 from infra.settings import Settings
 from schemas.deadletter import local_text, one_line
@@ -75,7 +75,7 @@ def node_status(settings: Settings, node: str, db: str | None = None,
                 timeout: float = 15.0) -> dict[str, Any]:
     """What ``sync status`` shows for one node."""
     if not replica_exists(settings, node, db):
-        where = _replica_file(settings, node, db)
+        where = sqlite_file(replica_location(settings, node, db)[0])  # only SQLite is absent
         return {"node": node, "missing": str(where),
                 "replica": f"none yet at {where} (start `motcua sync --node {node}` or "
                 "`motcua up`)"}
@@ -111,12 +111,6 @@ def node_status(settings: Settings, node: str, db: str | None = None,
             "past_error_at": iso(held["last_error_at"])}),
         "positions_beyond_log_end": lag.beyond,
     }
-
-
-def _replica_file(settings: Settings, node: str, db: str | None) -> Path:
-    """The absolute path of ``node``'s SQLite replica (relative URLs: from here)."""
-    url, _ = replica_location(settings, node, db)
-    return Path(str(make_url(url).database)).absolute()
 
 
 def _nowhere(settings: Settings, rows: list[dict[str, Any]], db: str | None) -> str:
