@@ -31,6 +31,7 @@ from infra.broker import EmbeddedBroker
 from infra.db import make_engine
 from infra.kafka.cluster import KafkaCluster, installed, lib_dir
 from infra.settings import Settings, group_env, load_settings
+from tests import timing
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("tansu", "kafka")
@@ -71,6 +72,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 HERE = Path(__file__).resolve().parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # the wait budgets' factor, measured once at the session's start (tests/timing.py); a
+    # bad MOTCUA_TEST_TIME_SCALE stops the session before any test runs
+    try:
+        timing.factor()
+    except timing.TimeScaleError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return timing.describe()
+
+
 def broker_kinds(config: pytest.Config) -> list[str]:
     if os.environ.get("MOTCUA_KAFKA_BOOTSTRAP"):
         return ["external"]
@@ -91,9 +105,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Tests under integration/ and chaos/ need a real broker or PostgreSQL: marked, so that
     # `-m "not integration"` (make test-unit) runs the rest in seconds.
+    # pytest-timeout's cap on a test (--timeout, else pyproject's 300 s, else the test's
+    # own mark) grows with the waits it caps on a slow machine (tests/timing.py); it never
+    # shrinks, so a waiting test fails on its own deadline, with its own message
+    cap = getattr(config, "_env_timeout", None)
+    scale = timing.factor()
     for item in items:
         if {"integration", "chaos"} & set(item.path.relative_to(HERE).parts[:1]):
             item.add_marker(pytest.mark.integration)
+        marker = item.get_closest_marker("timeout")
+        written = marker.args[0] if marker is not None and marker.args else cap
+        if written and scale > 1:
+            item.add_marker(pytest.mark.timeout(written * scale), append=False)
 
 
 def only_on(broker: Broker, kind: str, why: str) -> None:

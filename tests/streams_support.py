@@ -36,6 +36,7 @@ from schemas.topics import DOSSIER_EVENTS, topic_specs
 from streams import tables
 from streams.store import StreamStore
 from tests.integration.test_broker import MOTCUA, cli_env
+from tests.timing import Deadline, budget
 
 
 @dataclass
@@ -80,9 +81,9 @@ def produce(kafka_config: dict[str, Any], prefix: str,
     try:
         futures = [producer.send(prefix + topic, key=key, value=value)
                    for topic, key, value in records]
-        producer.flush(60)
+        producer.flush(budget(60))
         for fut in futures:
-            md = fut.get(timeout=10)
+            md = fut.get(timeout=budget(10))
             tp = (md.topic, md.partition)
             ends[tp] = max(ends.get(tp, 0), md.offset + 1)
     finally:
@@ -152,18 +153,19 @@ def store_view(store_url: str, keys: Path, prefix: str) -> StreamStore:
 
 def wait_for_positions(view: StreamStore, ends: dict[tuple[str, int], int], timeout: float,
                        worker: WorkerProcess | None = None) -> None:
-    deadline = time.monotonic() + timeout
+    """Until the store's positions reach ``ends``, within ``budget(timeout)``."""
+    deadline = Deadline(timeout, "the stream store to reach the ends")
     while True:
         stored = view.positions()
         if all(stored.get(tp, (0, 0))[0] >= end for tp, end in ends.items()):
             return
         if worker is not None and not worker.alive():
             raise AssertionError(f"worker exited: {worker.output()}")
-        if time.monotonic() > deadline:
+        if deadline.expired():
             behind = {tp: (stored.get(tp, (0, 0))[0], end) for tp, end in ends.items()
                       if stored.get(tp, (0, 0))[0] < end}
-            raise AssertionError(f"store still behind after {timeout} s: {behind}\n"
-                                 + (worker.output() if worker else ""))
+            raise deadline.fail(f"store still behind: {behind}\n"
+                                + (worker.output() if worker else ""))
         time.sleep(0.2)
 
 

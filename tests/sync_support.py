@@ -21,6 +21,7 @@ from infra.node_tables import dossiers, hotline_calls
 from schemas.keys import load_registry
 from tests.integration.test_broker import cli_env
 from tests.streams_support import CliProcess
+from tests.timing import Deadline, budget
 
 
 def node_rows(store: Engine | str, node: str | None = None) -> list[dict[str, Any]]:
@@ -55,15 +56,15 @@ def sync_thread(replica: Replica, kafka_config: dict[str, Any], keys: Path, pref
         yield consumer
     finally:
         stop.set()
-        thread.join(30)
+        thread.join(budget(30))
         assert not thread.is_alive(), "the sync consumer did not stop"
 
 
 def wait_applied(replica: Replica, ends: dict[tuple[str, int], int], timeout: float,
                  alive: Callable[[], str | None] | None = None) -> None:
     """Until the replica's stored positions reach ``ends``; ``alive`` returns why the
-    consumer is gone, if it is."""
-    deadline = time.monotonic() + timeout
+    consumer is gone, if it is. Within ``budget(timeout)`` (tests/timing.py)."""
+    deadline = Deadline(timeout, f"replica {replica.node} to take every record")
     while True:
         stored = replica.positions()
         behind = {tp: (stored.get(tp, 0), end) for tp, end in ends.items()
@@ -72,8 +73,8 @@ def wait_applied(replica: Replica, ends: dict[tuple[str, int], int], timeout: fl
             return
         if alive is not None and (why := alive()):
             raise AssertionError(why)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{replica.node} still behind after {timeout} s: {behind}")
+        if deadline.expired():
+            raise deadline.fail(f"still behind: {behind}")
         time.sleep(0.2)
 
 

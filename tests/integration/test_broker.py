@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from infra.broker import BrokerError, EmbeddedBroker, find_tansu, free_port, kafka_answers
+from tests.timing import LineReader, budget, poll_until
 
 MOTCUA = [sys.executable, "-m", "infra.cli"]
 
@@ -29,19 +29,18 @@ def cli_env(**extra: str) -> dict[str, str]:
 def test_motcua_broker_prints_bootstrap_fast_and_stops_cleanly(stop_with: signal.Signals
                                                                ) -> None:
     port = free_port()
-    started = time.monotonic()
     proc = subprocess.Popen([*MOTCUA, "broker", "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        elapsed = time.monotonic() - started
+        out, err = LineReader(proc.stdout), LineReader(proc.stderr)
+        # "fast": 5 s on an unloaded machine, scaled (tests/timing.py); the read cannot
+        # block past it
+        line = out.line(5, "the bootstrap line").strip()
         assert line == f"bootstrap=127.0.0.1:{port}"
-        assert elapsed < 5, f"bootstrap line after {elapsed:.1f} s"
-        assert kafka_answers("127.0.0.1", port)
+        assert kafka_answers("127.0.0.1", port, timeout=budget(1))
         proc.send_signal(stop_with)
-        assert proc.wait(10) == 0
-        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+        assert proc.wait(budget(10)) == 0
+        assert "Traceback" not in err.rest(10, "motcua broker's stderr to close")
         assert not kafka_answers("127.0.0.1", port), "tansu outlived motcua broker"
     finally:
         proc.kill()
@@ -50,7 +49,8 @@ def test_motcua_broker_prints_bootstrap_fast_and_stops_cleanly(stop_with: signal
 def test_port_in_use_is_a_clear_error() -> None:
     with EmbeddedBroker() as running:
         result = subprocess.run([*MOTCUA, "broker", "--port", str(running.port)],
-                                capture_output=True, text=True, env=cli_env(), timeout=30)
+                                capture_output=True, text=True, env=cli_env(),
+                                timeout=budget(30))
     assert result.returncode == 2
     assert f"port {running.port} on 127.0.0.1 is already in use" in result.stderr
     assert "Traceback" not in result.stderr
@@ -64,8 +64,8 @@ def test_missing_or_non_executable_binary(tmp_path: Path) -> None:
     fake.chmod(0o644)
     with pytest.raises(BrokerError, match="is not executable: chmod \\+x"):
         find_tansu(fake)
-    result = subprocess.run([*MOTCUA, "broker"], capture_output=True, text=True, timeout=30,
-                            env=cli_env(MOTCUA_TANSU_BIN=str(fake)))
+    result = subprocess.run([*MOTCUA, "broker"], capture_output=True, text=True,
+                            timeout=budget(30), env=cli_env(MOTCUA_TANSU_BIN=str(fake)))
     assert result.returncode == 2 and "is not executable" in result.stderr
 
 
@@ -73,8 +73,8 @@ def test_a_binary_that_cannot_run_is_a_clear_error(tmp_path: Path) -> None:
     fake = tmp_path / "tansu"
     fake.write_bytes(b"\x00garbage, not a program")
     fake.chmod(0o755)
-    result = subprocess.run([*MOTCUA, "broker"], capture_output=True, text=True, timeout=30,
-                            env=cli_env(MOTCUA_TANSU_BIN=str(fake)))
+    result = subprocess.run([*MOTCUA, "broker"], capture_output=True, text=True,
+                            timeout=budget(30), env=cli_env(MOTCUA_TANSU_BIN=str(fake)))
     assert result.returncode == 2
     assert "cannot run tansu at" in result.stderr and "Traceback" not in result.stderr
 
@@ -84,14 +84,14 @@ def test_the_broker_dies_with_a_killed_motcua() -> None:
     port = free_port()
     proc = subprocess.Popen([*MOTCUA, "broker", "--port", str(port)], stdout=subprocess.PIPE,
                             text=True, env=cli_env())
-    assert proc.stdout is not None and proc.stdout.readline().startswith("bootstrap=")
-    assert kafka_answers("127.0.0.1", port)
-    proc.kill()
-    proc.wait(10)
-    deadline = time.monotonic() + 10
-    while kafka_answers("127.0.0.1", port) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not kafka_answers("127.0.0.1", port), "tansu outlived a killed motcua"
+    try:
+        assert LineReader(proc.stdout).line(5, "the bootstrap line").startswith("bootstrap=")
+        assert kafka_answers("127.0.0.1", port, timeout=budget(1))
+    finally:
+        proc.kill()
+    proc.wait(budget(10))
+    poll_until(lambda: not kafka_answers("127.0.0.1", port), 10,
+               "tansu to die with a killed motcua (it outlived it)")
 
 
 def test_two_brokers_racing_for_one_port() -> None:
@@ -109,15 +109,14 @@ def test_two_brokers_racing_for_one_port() -> None:
             outcomes.append("refused")
         # tansu dies with the thread that started it (parent-death signal): stay alive
         # until the check is done
-        checked.wait(30)
+        checked.wait(budget(30))
 
     threads = [threading.Thread(target=start, args=(b,)) for b in brokers]
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 30
-        while len(outcomes) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll_until(lambda: len(outcomes) >= 2, 30, "both brokers to start or refuse",
+                   interval=0.05, detail=lambda: str(outcomes))
         assert sorted(outcomes) == ["refused", "started"]
         assert [b.running() for b in brokers].count(True) == 1
     finally:
@@ -137,6 +136,7 @@ def test_pause_makes_it_silent_and_resume_brings_it_back() -> None:
     with EmbeddedBroker() as broker:
         broker.pause()
         try:
+            # not scaled: a longer probe would only make "silent" a stronger claim
             assert not kafka_answers(broker.host, broker.port, timeout=0.5)
         finally:
             broker.resume()

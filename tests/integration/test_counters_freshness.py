@@ -31,6 +31,7 @@ from tests.streams_support import (
     store_view,
     wait_for_positions,
 )
+from tests.timing import budget
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
 
 def counters(worker: WorkerProcess, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*MOTCUA, "counters", *args], env=worker.env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=budget(120))
     assert result.returncode == 0, result.stderr
     return result
 

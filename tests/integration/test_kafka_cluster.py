@@ -22,6 +22,7 @@ from schemas.topics import DOSSIER_EVENTS, REGISTRY
 from tests.conftest import kafka_lib
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.integration.test_relay import read_all
+from tests.timing import Deadline, LineReader, budget
 
 
 def data_dir_with_jars(tmp_path: Path) -> Path:
@@ -32,19 +33,25 @@ def data_dir_with_jars(tmp_path: Path) -> Path:
     return data
 
 
-def read_until(proc: subprocess.Popen[str], done: str, timeout: float) -> list[str]:
-    """Lines of ``proc``'s stdout up to the first that contains ``done``."""
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip())
-        if done in line:
-            return lines
-    raise AssertionError(f"no line with {done!r} within {timeout} s:\n" + "\n".join(lines))
+def started(cmd: list[str], env: dict[str, str], done: str, seconds: float
+            ) -> tuple[subprocess.Popen[str], LineReader, list[str]]:
+    """``cmd`` started, its output read on a thread up to the first line that contains
+    ``done`` (within ``budget(seconds)``: a silent child cannot hold the read past it)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    try:
+        reader = LineReader(proc.stdout)
+        return proc, reader, reader.until(done, seconds)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def stopped(proc: subprocess.Popen[str], reader: LineReader, seconds: float) -> str:
+    """What ``proc`` says from here until it exits, within ``budget(seconds)``."""
+    proc.wait(budget(seconds))
+    return reader.rest(10, "the output to end")
 
 
 def gone(pid: int) -> bool:
@@ -57,7 +64,7 @@ def gone(pid: int) -> bool:
 
 def test_install_without_java_or_maven_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run([*MOTCUA, "kafka", "install"], capture_output=True, text=True,
-                            timeout=60, env=cli_env(PATH=str(tmp_path),
+                            timeout=budget(60), env=cli_env(PATH=str(tmp_path),
                                                     MOTCUA_DATA_DIR=str(tmp_path / "v")))
     assert result.returncode == 2
     assert result.stderr.startswith("motcua kafka: error: `java` not found: install a Java")
@@ -66,7 +73,7 @@ def test_install_without_java_or_maven_is_one_line(tmp_path: Path) -> None:
 
 def test_install_keeps_the_jars(tmp_path: Path) -> None:
     result = subprocess.run([*MOTCUA, "kafka", "install"], capture_output=True, text=True,
-                            timeout=60, env=cli_env(MOTCUA_DATA_DIR=str(
+                            timeout=budget(60), env=cli_env(MOTCUA_DATA_DIR=str(
                                 data_dir_with_jars(tmp_path))))
     assert result.returncode == 0, result.stderr
     assert "jars kept in" in result.stdout
@@ -74,7 +81,7 @@ def test_install_keeps_the_jars(tmp_path: Path) -> None:
 
 def test_kafka_up_without_jars_says_what_to_run(tmp_path: Path) -> None:
     result = subprocess.run([*MOTCUA, "kafka", "up", "--brokers", "1"], capture_output=True,
-                            text=True, timeout=60,
+                            text=True, timeout=budget(60),
                             env=cli_env(MOTCUA_DATA_DIR=str(tmp_path / "v")))
     assert result.returncode == 2
     assert "run `motcua kafka install`" in result.stderr and "Traceback" not in result.stderr
@@ -87,12 +94,10 @@ def test_kafka_up_prints_bootstrap_and_nodes_keeps_its_log_and_stops_on_ctrl_c(
     env = cli_env(MOTCUA_DATA_DIR=str(data))
     cmd = [*MOTCUA, "kafka", "up", "--brokers", "2", "--port", str(port)]
 
-    def up() -> tuple[subprocess.Popen[str], list[str]]:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env)
-        return proc, read_until(proc, "Ctrl-C stops every node", 120)
+    def up() -> tuple[subprocess.Popen[str], LineReader, list[str]]:
+        return started(cmd, env, "Ctrl-C stops every node", 120)
 
-    proc, lines = up()
+    proc, reader, lines = up()
     try:
         assert lines[0] == f"bootstrap=127.0.0.1:{port},127.0.0.1:{port + 1}", lines
         nodes = [re.fullmatch(r"node (\d): 127\.0\.0\.1:(\d+) pid (\d+) log (\S+)", line)
@@ -105,7 +110,7 @@ def test_kafka_up_prints_bootstrap_and_nodes_keeps_its_log_and_stops_on_ctrl_c(
         assert len(admin.describe_cluster()["brokers"]) == 2
         admin.close()
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        rest = stopped(proc, reader, 60)
     finally:
         proc.kill()
     assert proc.returncode == 0, rest
@@ -114,20 +119,20 @@ def test_kafka_up_prints_bootstrap_and_nodes_keeps_its_log_and_stops_on_ctrl_c(
     assert not kafka_answers("127.0.0.1", port)
 
     # the log is on disk: the same directory starts again with the topic in it
-    proc, lines = up()
+    proc, reader, lines = up()
     try:
         admin = KafkaAdminClient(bootstrap_servers=[f"127.0.0.1:{port}"])
         assert "kept" in admin.list_topics()
         admin.close()
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        stopped(proc, reader, 60)
     finally:
         proc.kill()
     assert proc.returncode == 0
 
     # another size on the same directory is refused in one line
     other = subprocess.run([*MOTCUA, "kafka", "up", "--brokers", "3", "--port", str(port)],
-                           capture_output=True, text=True, timeout=60, env=env)
+                           capture_output=True, text=True, timeout=budget(60), env=env)
     assert other.returncode == 2
     assert "holds a 2-node cluster: use --brokers 2" in other.stderr
     assert "Traceback" not in other.stderr
@@ -145,20 +150,19 @@ def test_up_on_kafka_runs_the_system_and_keeps_the_log_across_restarts(tmp_path:
     bootstrap = f"127.0.0.1:{port},127.0.0.1:{port + 1}"
     config: dict[str, Any] = {"bootstrap_servers": bootstrap.split(",")}
 
-    def up(*extra: str) -> tuple[subprocess.Popen[str], list[str]]:
-        proc = subprocess.Popen([*MOTCUA, "up", "--broker", "kafka", "--port", str(port),
-                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env)
-        return proc, read_until(proc, "motcua is up", 180)
+    def up(*extra: str) -> tuple[subprocess.Popen[str], LineReader, list[str]]:
+        return started([*MOTCUA, "up", "--broker", "kafka", "--port", str(port), *extra], env,
+                       "motcua is up", 180)
 
     def counters() -> dict[str, Any]:
         out = subprocess.run([*MOTCUA, "counters", "--from", "2025-07-01", "--to",
                               "2025-07-30", "--json"], capture_output=True, text=True,
-                             timeout=90, env={**env, "MOTCUA_KAFKA_BOOTSTRAP": bootstrap})
+                             timeout=budget(90),
+                             env={**env, "MOTCUA_KAFKA_BOOTSTRAP": bootstrap})
         assert out.returncode == 0, out.stderr
         return dict(json.loads(out.stdout))
 
-    proc, lines = up("--speed", "max", "--scale", "0.01")
+    proc, reader, lines = up("--speed", "max", "--scale", "0.01")
     try:
         assert any(line.startswith(f"bootstrap={bootstrap}") for line in lines), lines
         assert sum(": created" in line for line in lines) == len(REGISTRY)
@@ -168,31 +172,31 @@ def test_up_on_kafka_runs_the_system_and_keeps_the_log_across_restarts(tmp_path:
         assert {len(p["replica_nodes"]) for p in described["partitions"]} == {2}
         records = read_all(config, [DOSSIER_EVENTS], 500)
         assert len(records) >= 500
-        deadline = time.monotonic() + 120
-        while counters()["received"] == 0 and time.monotonic() < deadline:
+        deadline = Deadline(120, "counters published")
+        while counters()["received"] == 0 and not deadline.expired():
             time.sleep(1)
-        assert counters()["received"] > 0, "no counters published"
+        assert counters()["received"] > 0, deadline.message("no counters published")
         pids = [int(p) for p in re.findall(r"pid (\d+)", "\n".join(lines))]
         received, logged = counters()["received"], log_size(config)
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=90)
+        rest = stopped(proc, reader, 90)
     finally:
         proc.kill()
     assert proc.returncode == 0, rest
     assert "Traceback" not in rest and rest.rstrip().endswith("stopped")
     assert all(gone(pid) for pid in pids), "a process outlived motcua up"
 
-    proc, lines = up("--no-simulate")
+    proc, reader, lines = up("--no-simulate")
     try:
         assert not any("published again" in line for line in lines), lines
         assert not any("store emptied" in line for line in lines), lines
         assert log_size(config) >= logged, "the log did not survive the restart"
-        deadline = time.monotonic() + 120
-        while counters()["received"] < received and time.monotonic() < deadline:
+        deadline = Deadline(120, f"the restarted worker to count {received} again")
+        while counters()["received"] < received and not deadline.expired():
             time.sleep(1)
-        assert counters()["received"] >= received
+        assert counters()["received"] >= received, deadline.message()
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=90)
+        rest = stopped(proc, reader, 90)
     finally:
         proc.kill()
     assert proc.returncode == 0, rest

@@ -23,6 +23,7 @@ from tests.streams_support import (
     store_view,
     wait_for_positions,
 )
+from tests.timing import Deadline, budget, poll_until
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +49,13 @@ def worker(tmp_path: Path, broker: Broker, prefix: str, workload: Workload
 
 def wait_for_snapshots(kafka_config: dict[str, Any], prefix: str,
                        expected: dict[Any, int], timeout: float = 30.0) -> dict[Any, int]:
+    """The counters topic's totals once they equal ``expected``, or as they are when
+    ``budget(timeout)`` runs out (tests/timing.py)."""
     import time
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout, "the snapshots")
     while True:
         got = totals(read_snapshots(kafka_config, prefix + COUNTERS))
-        if got == expected or time.monotonic() > deadline:
+        if got == expected or deadline.expired():
             return got
         time.sleep(0.5)
 
@@ -102,14 +105,14 @@ def applied(view: Any) -> int:
 
 def wait_until(predicate: Any, timeout: float, what: str, worker: WorkerProcess | None = None
                ) -> None:
-    import time
-    deadline = time.monotonic() + timeout
-    while not predicate():
+    """Until ``predicate()``, within ``budget(timeout)``; a worker that exits meanwhile
+    fails it at once."""
+    def done() -> bool:
         if worker is not None and not worker.alive():
             raise AssertionError(f"worker exited while waiting for {what}: {worker.output()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        return bool(predicate())
+    poll_until(done, timeout, what, interval=0.05,
+               detail=(lambda: worker.output()) if worker is not None else None)
 
 
 def test_kill_9_mid_stream_and_restart_is_exact(tmp_path: Path, broker: Broker,
@@ -288,7 +291,9 @@ def test_poison_messages_go_to_dead_letters_and_the_rest_is_counted(
         assert letter["stage"] == "streams"
 
 
-@pytest.mark.timeout(900)  # its own waits (600 s to fold, 60 s for snapshots) must be reachable
+# its own waits (600 s to fold, 60 s for snapshots) must be reachable; scaled with them
+# (tests/conftest.py)
+@pytest.mark.timeout(900)
 def test_july_at_scale_1_gives_the_published_figures(
         tmp_path: Path, broker: Broker, kafka_config: dict[str, Any], prefix: str,
         workload: Workload, worker: WorkerProcess) -> None:
@@ -320,7 +325,8 @@ def test_july_at_scale_1_gives_the_published_figures(
     def counters() -> dict[str, Any]:
         out = subprocess.run([*MOTCUA, "counters", "--from", "2025-07-01", "--to",
                               "2025-07-30", "--json"], capture_output=True, text=True,
-                             timeout=120, env=cli_env(MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap,
+                             timeout=budget(120),
+                             env=cli_env(MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap,
                                                       MOTCUA_TOPIC_PREFIX=prefix))
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)  # type: ignore[no-any-return]
@@ -338,7 +344,8 @@ def test_july_at_scale_1_gives_the_published_figures(
     finally:
         audit.stop()
     out = subprocess.run([*MOTCUA, "audit", "replay", "--from", "2025-07-01", "--to",
-                          "2025-07-30", "--json"], capture_output=True, text=True, timeout=300,
+                          "2025-07-30", "--json"], capture_output=True, text=True,
+                         timeout=budget(300),
                          env=audit.env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr  # 1: differs from the live
     body = json.loads(out.stdout)
@@ -365,7 +372,7 @@ def test_broker_paused_mid_stream_the_worker_carries_on_exact(
         wait_until(lambda: applied(view) >= sum(ends.values()) * 0.3, 120, "30% folded", w)
         broker.pause()
         try:
-            time.sleep(15)
+            time.sleep(15)  # the outage itself: what is tested, not a wait to scale
             assert w.alive(), w.output()
         finally:
             broker.resume()
