@@ -6,6 +6,7 @@ says why, and a restarted server is rejoined by the open page without a reload."
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -38,10 +39,16 @@ from streams.reader import read_snapshots
 from tests.conftest import Broker
 from tests.integration.test_broker import MOTCUA, cli_env
 from tests.streams_support import WorkerProcess, produce, provision, simulate
+from tests.timing import Deadline, budget, poll_until
 
 CHROMIUM = "/usr/bin/chromium"
 ALWAYS_OPEN = tuple((("00:00", "24:00"),) for _ in range(7))  # judged at any hour of the test
 COMMUNE = "11977"
+
+
+def ms(seconds: float) -> float:
+    """A wait for Playwright, in milliseconds: ``budget(seconds)`` (tests/timing.py)."""
+    return budget(seconds) * 1000
 
 
 class DisplayServer:
@@ -67,31 +74,34 @@ class DisplayServer:
             access_log=False, timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the display server did not start in 20 s"
-            assert self.thread.is_alive(), "the display server exited at start"
-            time.sleep(0.05)
+        server, thread = self.server, self.thread
+
+        def started() -> bool:
+            assert thread.is_alive(), "the display server exited at start"
+            return bool(server.started)
+        poll_until(started, 20, "the display server to start", interval=0.05)
         return self
 
     def stop(self) -> None:
         if self.server is not None and self.thread is not None:
             # as SIGTERM does: sse-starlette then ends the open event streams at once
             self.server.handle_exit(signal.SIGTERM, None)
-            self.thread.join(15)
-            assert not self.thread.is_alive(), "the display server did not stop in 15 s"
+            self.thread.join(budget(15))
+            assert not self.thread.is_alive(), \
+                f"the display server did not stop in {budget(15):.0f} s"
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10)
+        return httpx.get(self.url + path, timeout=budget(10))
 
     def wait_caught_up(self, records: int, timeout: float = 30) -> None:
-        """Until the server has read at least ``records`` counters records."""
-        deadline = time.monotonic() + timeout
+        """Until the server has read at least ``records`` counters records, within
+        ``budget(timeout)``."""
+        deadline = Deadline(timeout, f"the display to read {records} counters records")
         while True:
             body = self.get("/healthz").json()
             if body["caught_up"] and body["records"] >= records:
                 return
-            assert time.monotonic() < deadline, f"display behind after {timeout} s: {body}"
+            assert not deadline.expired(), deadline.message(str(body))
             time.sleep(0.1)
 
 
@@ -173,13 +183,14 @@ def snapshot_record(scope: str, day: str, partition: int, offset: int,
 
 
 def sse(server: DisplayServer, board: str, last: str | None = None, want: int = 2,
-        timeout: float = 10) -> list[dict[str, str]]:
-    """The first ``want`` events of ``/events`` (comments skipped), as field dicts."""
+        timeout: float = 10, first: threading.Event | None = None) -> list[dict[str, str]]:
+    """The first ``want`` events of ``/events`` (comments skipped), as field dicts; reads
+    wait at most ``budget(timeout)``. ``first`` is set once the first event is in."""
     headers = {"Last-Event-ID": last} if last is not None else {}
     events: list[dict[str, str]] = []
     current: dict[str, str] = {}
     with httpx.stream("GET", f"{server.url}/events?board={board}", headers=headers,
-                      timeout=timeout) as response:
+                      timeout=budget(timeout)) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
@@ -187,6 +198,8 @@ def sse(server: DisplayServer, board: str, last: str | None = None, want: int = 
                 if current:
                     events.append(current)
                     current = {}
+                    if first is not None:
+                        first.set()
                     if len(events) >= want:
                         break
                 continue
@@ -221,15 +234,17 @@ def test_events_start_with_the_whole_board_and_resume_from_last_event_id(
     assert behind[0]["event"] == "board"
     # a change after the first message is sent as the changed sections, with a later id
     received: list[dict[str, str]] = []
+    listening = threading.Event()
 
     def listen() -> None:
-        received.extend(sse(server, "province", want=4, timeout=20))
+        received.extend(sse(server, "province", want=4, timeout=20, first=listening))
     listener = threading.Thread(target=listen)
     listener.start()
-    time.sleep(1.0)
+    # the change must come after the listener's first message (the whole board)
+    assert listening.wait(budget(10)), "the listener got no first message"
     produce(kafka_config, prefix, [snapshot_record("province", day, 0, 9, {"received": 6,
                                                                           "received.online": 6})])
-    listener.join(25)
+    listener.join(budget(25))
     changes = [e for e in received if e.get("event") == "change"]
     assert changes, f"no change event: {received}"
     change = json.loads(changes[0]["data"])
@@ -282,8 +297,8 @@ def test_stopping_the_server_ends_every_open_stream_cleanly(
     def listen(board: str) -> None:
         try:
             with httpx.stream("GET", f"{server.url}/events?board={board}",
-                              timeout=30) as response:
-                opened.wait(10)
+                              timeout=budget(30)) as response:
+                opened.wait(budget(10))
                 for _ in response.iter_lines():
                     pass
             outcomes.append("ended")
@@ -293,13 +308,14 @@ def test_stopping_the_server_ends_every_open_stream_cleanly(
                  for b in ("province", "province", f"commune/{COMMUNE}")]
     for thread in listeners:
         thread.start()
-    opened.wait(10)
+    opened.wait(budget(10))
     started = time.monotonic()
     server.stop()
     took = time.monotonic() - started
     for thread in listeners:
-        thread.join(10)
+        thread.join(budget(10))
     assert outcomes == ["ended"] * 3, outcomes
+    # under the 1 s grace period: what is tested, not scaled
     assert took < 0.9, f"stopping took {took:.2f} s: the streams waited for the grace period"
 
 
@@ -328,17 +344,17 @@ def test_the_province_board_shows_what_motcua_counters_prints(
         day = date(2025, 7, 1)
         expected = day_workload.expected()
         want = expected[("province", day.isoformat(), "received")]
-        deadline = time.monotonic() + 90
-        while server.get("/api/figures?scope=province&from=2025-07-01&to=2025-07-01"
-                         ).json()["received"] != want:
-            assert time.monotonic() < deadline, f"board never reached {want}: {worker.output()}"
+        def reached() -> bool:
             assert worker.alive(), worker.output()
-            time.sleep(0.3)
+            return bool(server.get("/api/figures?scope=province&from=2025-07-01&to=2025-07-01"
+                                   ).json()["received"] == want)
+        poll_until(reached, 90, f"the board to reach {want}", interval=0.3,
+                   detail=worker.output)
         # what `motcua counters --json` prints for the same day, from the same topic
         out = subprocess.run([*MOTCUA, "counters", "--json", "--from", "2025-07-01", "--to",
                               "2025-07-01"], env=cli_env(MOTCUA_KAFKA_BOOTSTRAP=broker.bootstrap,
                                                          MOTCUA_TOPIC_PREFIX=prefix),
-                             capture_output=True, text=True, timeout=60, check=True)
+                             capture_output=True, text=True, timeout=budget(60), check=True)
         printed = json.loads(out.stdout)
         api = server.get("/api/figures?scope=province&from=2025-07-01&to=2025-07-01").json()
         # the same figures (counters adds how fresh they are: as_of, behind, ...)
@@ -385,9 +401,26 @@ def test_the_province_board_shows_what_motcua_counters_prints(
         worker.stop()
 
 
+#: receipts a second at other communes while G7 is measured: the province's mean is about
+#: one event a second (~6,700 dossiers x 3-8 events over an office day, DESIGN.md), so this
+#: is a peak of fifty times the mean, through the same store, relay, worker and display
+LOAD_PER_S = 50
+COMMITS, COMMITS_PER_S = 100, 5  # the commits timed, at one commune
+
+
+def first_seen(tab: Page, count: int) -> float | None:
+    """When (the page's clock, ms) its received count first showed ``count`` or more."""
+    times = tab.evaluate("() => window.__seen")
+    at = [when for text, when in times.items() if int(text.replace(".", "")) >= count]
+    return min(at) if at else None
+
+
 def test_a_commit_shows_on_the_commune_and_province_boards_within_a_second(
         kafka_config: dict[str, Any], broker: Broker, prefix: str, tmp_path: Path,
         display: Callable[..., DisplayServer], browser: Browser) -> None:
+    """G7 under load: while other communes receive LOAD_PER_S dossiers a second, each of 20
+    commits at one commune shows on its board, and everything committed by then on the
+    province board, within a second of the commit."""
     keys = tmp_path / "keys"
     init_keystore(keys, node_ids())
     engine = open_store(f"sqlite:///{tmp_path / 'nodes.db'}")
@@ -416,7 +449,7 @@ def test_a_commit_shows_on_the_commune_and_province_boards_within_a_second(
             tab.goto(f"{server.url}/board/{name}")
             tab.wait_for_function(
                 "() => { const e = document.querySelector(\"[data-k='today.received']\");"
-                " return e && e.textContent === '1'; }", timeout=60_000)
+                " return e && e.textContent === '1'; }", timeout=ms(60))
             # When the number changes on screen, in the page's own clock: Playwright's
             # polling runs once a second in a tab that is not in front (requestAnimationFrame
             # and timers are throttled there), which would measure the poll, not the board.
@@ -425,18 +458,53 @@ def test_a_commit_shows_on_the_commune_and_province_boards_within_a_second(
         # the board's day is today (the node stamps its events with the present)
         assert boards["province"].locator(".when .day").inner_text() == \
             f"Hôm nay · {datetime.now(LOCAL_TZ).date():%d/%m/%Y}"
-        delays: dict[str, list[float]] = {name: [] for name in boards}
-        for n in range(2, 22):
-            committed = receive()
-            for name, tab in boards.items():
-                deadline = time.monotonic() + 10
-                while (shown := tab.evaluate("(n) => window.__seen[String(n)]", n)) is None:
-                    assert time.monotonic() < deadline, f"{name} never showed {n}"
-                    time.sleep(0.02)
-                delays[name].append(shown / 1000 - committed)
-        # G7: within a second (0.05-0.32 s measured here on both brokers)
+        load = Load(service, [n for n in node_ids() if n != COMMUNE and n.isdigit()])
+        load.start()
+        commits: list[tuple[int, int, float]] = []  # (commune count, all, when committed)
+        try:
+            # steady load: three seconds of it, and the province board keeping up with it
+            poll_until(lambda: load.done >= 3 * LOAD_PER_S, 10, "three seconds of load")
+            caught = load.done + 1
+            poll_until(lambda: first_seen(boards["province"], caught), 10,
+                       "the province board to show the load")
+            began = time.monotonic()
+            for i, n in enumerate(range(2, 2 + COMMITS)):
+                time.sleep(max(0.0, began + i / COMMITS_PER_S - time.monotonic()))
+                committed = receive()
+                # everything committed by now: the province board must reach this count
+                commits.append((n, n + load.done, committed))
+        finally:
+            load.stop()
+        assert load.error is None, load.error
+        rate = load.done / (load.ended - load.began)
+        assert rate > 0.8 * LOAD_PER_S, f"the load ran at {rate:.0f}/s"
+        delays: dict[str, list[float]] = {}
+        for name, tab in boards.items():
+            def shown(k: int, t: Page = tab, board: str = name) -> float:
+                # a wait (scaled); how soon it showed is checked below
+                at = poll_until(lambda: first_seen(t, k), 10, f"{board} to show {k}")
+                assert at is not None
+                return at
+            delays[name] = sorted(shown(total if name == "province" else n) / 1000 - committed
+                                  for n, total, committed in commits)
+        # G7: p99 within a second (0.05-0.32 s measured here on both brokers without load):
+        # the guarantee under test, not scaled. p99 by nearest rank: the 99th of 100.
+        p99 = {name: d[math.ceil(0.99 * len(d)) - 1] for name, d in delays.items()}
+        print(f"\nG7 at {rate:.0f} receipts/s: " + ", ".join(
+            f"{name} p50 {d[len(d) // 2]:.3f} p99 {p99[name]:.3f} max {d[-1]:.3f} s"
+            for name, d in delays.items()))
         for name, d in delays.items():
-            assert max(d) < 1.0, f"commit -> {name} board (s): {[round(x, 3) for x in d]}"
+            assert p99[name] < 1.0, \
+                f"commit -> {name} board at {rate:.0f}/s (s): {[round(x, 3) for x in d]}"
+        # the newest event on both boards, for "as of": a second after the load's last, as
+        # receive() stamps its events at .123 of the current second
+        time.sleep(1.0)
+        receive()
+        for name in boards:
+            def as_of_last(b: str = name) -> bool:
+                as_of = server.get(f"/api/board?board={b}").json()["meta"]["as_of"]
+                return datetime.fromisoformat(as_of) == received_at[-1]
+            poll_until(as_of_last, 10, f"{name} to be as of the last commit")
         # "as of" is the newest dossier's event time, to the millisecond, shown in local time
         clock = received_at[-1].astimezone(LOCAL_TZ).strftime("%H:%M:%S")
         for name, tab in boards.items():
@@ -444,13 +512,46 @@ def test_a_commit_shows_on_the_commune_and_province_boards_within_a_second(
             assert datetime.fromisoformat(as_of) == received_at[-1], (name, as_of)
             tab.wait_for_function(
                 "(c) => document.querySelector('footer.fresh').textContent.includes(c)",
-                arg=f"số liệu đến {clock}", timeout=5_000)
+                arg=f"số liệu đến {clock}", timeout=ms(5))
     finally:
         context.close()
         worker.stop()
         stop.set()
         relay_thread.join(30)
         engine.dispose()
+
+
+class Load(threading.Thread):
+    """Receives LOAD_PER_S dossiers a second, stamped now, at ``communes`` in turn."""
+
+    def __init__(self, service: DossierService, communes: list[str]) -> None:
+        super().__init__(name="load", daemon=True)
+        self.service, self.communes = service, communes
+        self.done = 0
+        self.error: BaseException | None = None
+        self.began = self.ended = time.monotonic()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        self.began = time.monotonic()
+        try:
+            while not self._stop_event.is_set():
+                due = self.began + self.done / LOAD_PER_S
+                self._stop_event.wait(max(0.0, due - time.monotonic()))
+                node = self.communes[self.done % len(self.communes)]
+                self.service.receive(node, channel=("online", "in_person", "postal")[
+                    self.done % 3], procedure_code="1.000001", field="Hộ tịch",
+                    due_date=date(2027, 1, 1), components_digitised=False,
+                    at=datetime.now(UTC))
+                self.done += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            self.ended = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(30)
 
 
 # --- freshness and reconnection in the browser ------------------------------------------------
@@ -487,22 +588,23 @@ def test_a_stopped_stream_worker_turns_the_board_amber_then_red_and_says_why(
         cell = page.locator("[data-k='today.received']")
         page.wait_for_function(
             "() => { const e = document.querySelector(\"[data-k='today.received']\");"
-            " return e && Number(e.textContent.replace(/\\./g, '')) >= 3; }", timeout=60_000)
+            " return e && Number(e.textContent.replace(/\\./g, '')) >= 3; }", timeout=ms(60))
         assert page.locator("#state").get_attribute("data-level") == "ok"
         worker.kill()
         # when the display read its last record, from its own count of the silence
-        deadline = time.monotonic() + 10
+        deadline = Deadline(10, "the display to notice the silence")
         while (health := server.get("/healthz").json())["last_record_age_s"] < 1.0:
-            assert time.monotonic() < deadline, health
+            assert not deadline.expired(), deadline.message(str(health))
             time.sleep(0.1)
         last_record = time.monotonic() - health["last_record_age_s"]
         shown = cell.inner_text()
+        # waits (scaled); when amber and red came is checked below, not scaled
         page.wait_for_function("() => document.querySelector('#state').dataset.level === "
-                               "'amber'", timeout=15_000)
+                               "'amber'", timeout=ms(15))
         amber_at = time.monotonic() - last_record
         assert "Bộ xử lý luồng không gửi số liệu" in page.locator("#state").inner_text()
         page.wait_for_function("() => document.querySelector('#state').dataset.level === "
-                               "'red'", timeout=15_000)
+                               "'red'", timeout=ms(15))
         red_at = time.monotonic() - last_record
         # 0.2 s: the server reports the silence rounded to 0.1 s, and so does the status
         # the page counts from; the page judges once a second, the status comes every second
@@ -520,16 +622,16 @@ def test_a_stopped_stream_worker_turns_the_board_amber_then_red_and_says_why(
         worker.start()
         try:
             page.wait_for_function("() => document.querySelector('#state').dataset.level "
-                                   "=== 'ok'", timeout=60_000)
+                                   "=== 'ok'", timeout=ms(60))
         except PlaywrightTimeout:
             raise AssertionError(f"not live again: {page.locator('#state').inner_text()}, "
                                  f"{server.get('/healthz').json()}\n{worker.output()}"
                                  ) from None
         enough.set()
-        threads[1].join(30)
+        threads[1].join(budget(30))
         page.wait_for_function(
             "(n) => document.querySelector(\"[data-k='today.received']\").textContent === n",
-            arg=vi(committed[0]), timeout=30_000)
+            arg=vi(committed[0]), timeout=ms(30))
     finally:
         enough.set()
         stop.set()
@@ -552,7 +654,7 @@ def test_the_open_page_rejoins_a_restarted_server_without_a_reload(
     page.evaluate("() => { window.__sameDocument = true; }")
     first.stop()
     page.wait_for_function("() => document.querySelector('#state').textContent"
-                           ".includes('Không kết nối được máy chủ bảng')", timeout=15_000)
+                           ".includes('Không kết nối được máy chủ bảng')", timeout=ms(15))
     assert page.locator("#state").get_attribute("data-level") == "amber"
     assert page.locator("[data-k='today.received']").inner_text() == "20"  # kept, labelled
     produce(kafka_config, prefix, [snapshot_record("province", "2025-07-01", 0, 9,
@@ -561,5 +663,5 @@ def test_the_open_page_rejoins_a_restarted_server_without_a_reload(
     second.wait_caught_up(2)
     page.wait_for_function(
         "() => document.querySelector(\"[data-k='today.received']\").textContent === '21'"
-        " && document.querySelector('#state').dataset.level === 'ok'", timeout=40_000)
+        " && document.querySelector('#state').dataset.level === 'ok'", timeout=ms(40))
     assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
