@@ -1,7 +1,7 @@
 """The sync consumers against a real broker (DESIGN.md G1, G3, G5, G6): replicas of both
 sites (SQLite and PostgreSQL) and of communes equal the originating nodes' own stores row for
 row; forged and tampered events are rejected, reported and change nothing; kill -9 mid-batch
-applies nothing twice; a commune offline for an afternoon catches up everywhere."""
+applies nothing twice; a commune offline for three days catches up into its own days."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from streams.reader import read_to_end
 from tests.conftest import Broker, unique_prefix
 from tests.factories import Chain
 from tests.integration.test_broker import MOTCUA, cli_env
+from tests.integration.test_streams import wait_for_snapshots
 from tests.streams_support import (
     WorkerProcess,
     Workload,
@@ -59,6 +60,7 @@ from tests.sync_support import (
     sync_thread,
     wait_applied,
 )
+from tests.timing import budget
 
 COMMUNE = "11953"  # Phường Phố Hiến: busy enough to have dossiers on any simulated day
 
@@ -117,7 +119,7 @@ def test_both_sites_and_a_commune_converge_row_for_row_after_a_day(
 
     # a restart seeks to the stored positions: nothing is read twice
     with sync_thread(phohien, kafka_config, day.keys_dir, prefix) as again:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + budget(30)
         while again.polls < 5:  # it has checked its positions and is polling at the end
             assert time.monotonic() < deadline, again.last_error
             time.sleep(0.1)
@@ -232,7 +234,7 @@ def test_kill_9_mid_batch_then_restart_applies_each_event_once(
     proc = SyncProcess(tmp_path, broker.bootstrap, prefix, work.keys_dir, node, db,
                        MOTCUA_SYNC_BATCH="20").start()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + budget(60)
         while int(replica.status()["stored"]) < len(work.records) // 3:  # type: ignore[call-overload]
             assert time.monotonic() < deadline and not proc.gone(), proc.output()
             time.sleep(0.01)
@@ -264,9 +266,14 @@ def test_kill_9_mid_batch_then_restart_applies_each_event_once(
     assert re.search(rf"^SIG\w+; sync {node}: [\d,]+ events stored, 0 duplicates, ", last), last
 
 
-def test_a_commune_offline_for_an_afternoon_catches_up_everywhere(
+def test_a_commune_offline_for_three_days_catches_up_into_its_own_days(
         tmp_path: Path, kafka_config: dict[str, Any], broker: Broker, pg_fresh: Engine,
         prefix: str) -> None:
+    """A commune's link goes down at noon on 1/7 and comes back after 3/7 (G1, G3): its
+    clerks keep working into its own store. The rest of the province flows meanwhile and
+    the boards show it; when the link comes back, the commune's three days of events land
+    in their own days (by when they happened, not when they arrived), on the worker's
+    counters and on the counters topic the boards read, and both sites hold its rows."""
     keys = tmp_path / "keys"
     init_keystore(keys, node_ids())
     store = open_store(f"sqlite:///{tmp_path / 'nodes.db'}")
@@ -284,11 +291,13 @@ def test_a_commune_offline_for_an_afternoon_catches_up_everywhere(
     phohien = Replica.open(make_engine(f"sqlite:///{tmp_path / 'site-phohien.db'}"), "site-phohien")
     thaibinh = Replica.open(pg_fresh, "site-thaibinh")
     noon = datetime(2025, 7, 1, 12, 0, tzinfo=LOCAL_TZ)
+    days = ["2025-07-01", "2025-07-02", "2025-07-03"]
+    scope = f"commune:{COMMUNE}"
     try:
         with sync_thread(phohien, kafka_config, keys, prefix) as a, \
                 sync_thread(thaibinh, kafka_config, keys, prefix) as b:
             sim = Simulator(DossierService(store, Keyring(keys)), date(2025, 7, 1),
-                            date(2025, 7, 1), scale=0.1, speed=7200)  # 12 s a day
+                            date(2025, 7, 3), scale=0.05, speed=14400)  # 6 s a day
             sim_thread = threading.Thread(target=sim.run, daemon=True)
             sim_thread.start()
             while sim_thread.is_alive() and (sim.sim_time is None or sim.sim_time < noon):
@@ -298,15 +307,19 @@ def test_a_commune_offline_for_an_afternoon_catches_up_everywhere(
             sim_thread.join(300)
             assert not sim_thread.is_alive()
 
-            # the rest of the province is through; the commune's afternoon is in its outbox
-            waiting = _unpublished(store, COMMUNE)
-            assert waiting > 0
+            # the rest of the province is through; the commune's three days are its backlog
+            late = [e for e in _all_events(store, published=False) if e.origin == COMMUNE]
+            late_days = {_local_day(e) for e in late}
+            assert {"2025-07-02", "2025-07-03"} <= late_days, late_days
             ends = _published_ends(store, prefix)
             wait_for_positions(view, ends, 120, worker)
             for replica in (phohien, thaibinh):
                 wait_applied(replica, ends, 120)
-            everything = _all_events(store)
-            assert view.counters() != recount(everything)
+            before = view.counters()
+            assert before == recount(_all_events(store, published=True))
+            assert wait_for_snapshots(kafka_config, prefix, before) == before  # the boards
+            for day in days[1:]:  # no receipt of the commune's days offline is counted yet
+                assert before.get((scope, day, "received"), 0) == 0, day
             assert phohien.rows() != node_rows(store)
 
             # the link comes back: the backlog flows, replicas and counters are corrected
@@ -314,7 +327,7 @@ def test_a_commune_offline_for_an_afternoon_catches_up_everywhere(
             threads[1] = threading.Thread(target=commune_relay.run, args=(stop_commune,),
                                           daemon=True)
             threads[1].start()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + budget(60)
             while _unpublished(store, COMMUNE):
                 assert time.monotonic() < deadline, "the commune's backlog did not flow"
                 time.sleep(0.2)
@@ -322,14 +335,26 @@ def test_a_commune_offline_for_an_afternoon_catches_up_everywhere(
             wait_for_positions(view, ends, 120, worker)
             for replica in (phohien, thaibinh):
                 wait_applied(replica, ends, 120)
+            after = view.counters()
+            assert wait_for_snapshots(kafka_config, prefix, after) == after  # the boards
         assert phohien.rows() == thaibinh.rows() == node_rows(store)
         assert phohien.gaps() == thaibinh.gaps() == {}
         assert a.dead == b.dead == 0
-        counted = view.counters()
-        assert counted == recount(everything)
-        key = (f"commune:{COMMUNE}", "2025-07-01", "received")
-        assert counted[key] == sum(1 for e in everything
-                                   if e.type == "dossier.received" and e.origin == COMMUNE)
+        everything = _all_events(store)
+        assert after == recount(everything)
+        # each late receipt moved its own day's figure, at the commune and the province,
+        # and no other day's (a count by the day it happened, not by arrival)
+        for day in days:
+            arrived = sum(1 for e in late if e.type == "dossier.received"
+                          and _local_day(e) == day)
+            for where in (scope, "province"):
+                moved = (after.get((where, day, "received"), 0)
+                         - before.get((where, day, "received"), 0))
+                assert moved == arrived, (where, day, moved, arrived)
+            assert after[(scope, day, "received")] == sum(
+                1 for e in everything if e.type == "dossier.received" and e.origin == COMMUNE
+                and _local_day(e) == day), day
+        assert all(after.get((scope, day, "received"), 0) > 0 for day in days[1:])
     finally:
         stop_all.set()
         stop_commune.set()
@@ -337,6 +362,10 @@ def test_a_commune_offline_for_an_afternoon_catches_up_everywhere(
         for t in threads:
             t.join(30)
         store.dispose()
+
+
+def _local_day(event: AnyEvent) -> str:
+    return event.occurred_at.astimezone(LOCAL_TZ).date().isoformat()
 
 
 def _unpublished(store: Engine, node: str) -> int:
@@ -354,9 +383,14 @@ def _published_ends(store: Engine, prefix: str) -> dict[tuple[str, int], int]:
     return {(prefix + topic, int(p)): int(last) + 1 for topic, p, last in rows}
 
 
-def _all_events(store: Engine) -> list[Any]:
+def _all_events(store: Engine, published: bool | None = None) -> list[AnyEvent]:
+    """The node store's events: all, or only those published (or not) yet."""
+    query = select(outbox.c.body)
+    if published is not None:
+        sent = outbox.c.published_at.is_not(None)
+        query = query.where(sent if published else ~sent)
     with store.connect() as conn:
-        return [decode(bytes(b)) for b in conn.execute(select(outbox.c.body)).scalars()]
+        return [decode(bytes(b)) for b in conn.execute(query).scalars()]
 
 
 class Faulty(Replica):
@@ -423,7 +457,7 @@ def test_positions_from_another_log_are_detected_and_the_partition_read_again(
     stale = {tp: end + 5 if i % 2 else end for i, (tp, end) in enumerate(sorted(ends.items()))}
     replica.apply(half, stale, digests=dict.fromkeys(stale, "0" * 64))
     with sync_thread(replica, kafka_config, day.keys_dir, prefix) as c:
-        deadline = time.monotonic() + 120  # the stale positions are at or past the ends
+        deadline = time.monotonic() + budget(120)  # the stale positions are at or past the ends
         while replica.positions() != ends or replica.status()["stored"] != len(day.records):
             assert time.monotonic() < deadline, (replica.status(), c.last_error)
             time.sleep(0.2)
@@ -473,7 +507,7 @@ def test_a_database_that_refuses_everything_dead_letters_nothing(
     produce(kafka_config, prefix, day.records)
     replica = Refusing.open(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), "site-phohien")
     with sync_thread(replica, kafka_config, day.keys_dir, prefix) as c:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + budget(60)
         while "refuses consecutive records" not in str(c.last_error):
             assert time.monotonic() < deadline, c.last_error
             time.sleep(0.1)
