@@ -60,7 +60,7 @@ from tests.sync_support import (
     sync_thread,
     wait_applied,
 )
-from tests.timing import budget
+from tests.timing import budget, poll_until
 
 COMMUNE = "11953"  # Phường Phố Hiến: busy enough to have dossiers on any simulated day
 
@@ -308,6 +308,8 @@ def test_a_commune_offline_for_three_days_catches_up_into_its_own_days(
             assert not sim_thread.is_alive()
 
             # the rest of the province is through; the commune's three days are its backlog
+            poll_until(lambda: _unpublished(store) == _unpublished(store, COMMUNE), 60,
+                       "the other nodes' outboxes to drain")
             late = [e for e in _all_events(store, published=False) if e.origin == COMMUNE]
             late_days = {_local_day(e) for e in late}
             assert {"2025-07-02", "2025-07-03"} <= late_days, late_days
@@ -368,10 +370,13 @@ def _local_day(event: AnyEvent) -> str:
     return event.occurred_at.astimezone(LOCAL_TZ).date().isoformat()
 
 
-def _unpublished(store: Engine, node: str) -> int:
+def _unpublished(store: Engine, node: str | None = None) -> int:
+    """Events in the outbox not published yet: a node's, or every node's."""
+    query = select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+    if node is not None:
+        query = query.where(outbox.c.origin == node)
     with store.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(outbox).where(
-            outbox.c.origin == node, outbox.c.published_at.is_(None))).scalar_one())
+        return int(conn.execute(query).scalar_one())
 
 
 def _published_ends(store: Engine, prefix: str) -> dict[tuple[str, int], int]:
