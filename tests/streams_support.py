@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 from kafka import KafkaProducer
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from infra.db import make_engine
+from infra.db import make_engine, reader
 from infra.node_tables import outbox
 from infra.topics import admin_client, ensure_topics
 from producers.migrate import open_store
@@ -208,3 +208,14 @@ def three_receipts(path: Path, keys: Path) -> Engine:
         service.receive("11977", channel="online", procedure_code="1.000001",
                         field="Hộ tịch", due_date=date(2027, 1, 1), components_digitised=True)
     return store
+
+
+def published_ends(store: Engine, prefix: str) -> dict[tuple[str, int], int]:
+    """The end offset (last + 1) of every partition's records the relay has marked published
+    in the node ``store``, that is acknowledged by Kafka."""
+    with reader(store) as conn:
+        rows = conn.execute(select(outbox.c.topic, outbox.c.kafka_partition,
+                                   func.max(outbox.c.kafka_offset))
+                            .where(outbox.c.published_at.is_not(None))
+                            .group_by(outbox.c.topic, outbox.c.kafka_partition)).all()
+    return {(prefix + topic, int(p)): int(last) + 1 for topic, p, last in rows}

@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka.errors import KafkaError
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from consumers.sync.replica import Replica
 from infra.db import make_engine, reader
@@ -64,7 +64,13 @@ from streams.store import StreamStore
 from tests.chaos.conftest import GROUP_ENV, wait_full_isr
 from tests.integration.test_broker import cli_env
 from tests.integration.test_streams import wait_for_snapshots
-from tests.streams_support import CliProcess, WorkerProcess, provision, store_view
+from tests.streams_support import (
+    CliProcess,
+    WorkerProcess,
+    provision,
+    published_ends,
+    store_view,
+)
 from tests.sync_support import SyncProcess, node_calls, node_rows
 from tests.timing import budget
 
@@ -227,16 +233,6 @@ class Pipeline:
             tp = (self.prefix + topic, int(partition))
             ends[tp] = max(ends.get(tp, 0), int(offset) + 1)
         return ends
-
-    def published_ends(self) -> dict[TP, int]:
-        """The end offset (last + 1) of every partition's records the relay has marked
-        published, that is acknowledged by Kafka."""
-        with reader(self.store) as conn:
-            rows = conn.execute(select(outbox.c.topic, outbox.c.kafka_partition,
-                                       func.max(outbox.c.kafka_offset))
-                                .where(outbox.c.kafka_offset.is_not(None))
-                                .group_by(outbox.c.topic, outbox.c.kafka_partition)).all()
-        return {(self.prefix + topic, int(p)): int(last) + 1 for topic, p, last in rows}
 
     def applied(self) -> int:
         return sum(offset for offset, _ in self.view.positions().values())
@@ -597,7 +593,7 @@ def test_the_whole_cluster_killed_then_frozen_for_minutes(
                     thaibinh_db=pg_url(), end=date(2025, 7, 3), speed=1000.0)
     with running(pipe):
         pipe.wait_flowing()
-        acked = pipe.published_ends()  # the relay marks a row once Kafka acknowledged it
+        acked = published_ends(pipe.store, pipe.prefix)  # marked once Kafka acknowledged
         tracker = Tracker(pipe)
         for node in cluster.nodes:
             node.kill()

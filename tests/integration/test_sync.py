@@ -48,6 +48,7 @@ from tests.streams_support import (
     Workload,
     produce,
     provision,
+    published_ends,
     simulate,
     store_view,
     three_receipts,
@@ -313,7 +314,7 @@ def test_a_commune_offline_for_three_days_catches_up_into_its_own_days(
             late = [e for e in _all_events(store, published=False) if e.origin == COMMUNE]
             late_days = {_local_day(e) for e in late}
             assert {"2025-07-02", "2025-07-03"} <= late_days, late_days
-            ends = _published_ends(store, prefix)
+            ends = published_ends(store, prefix)
             wait_for_positions(view, ends, 120, worker)
             for replica in (phohien, thaibinh):
                 wait_applied(replica, ends, 120)
@@ -333,7 +334,7 @@ def test_a_commune_offline_for_three_days_catches_up_into_its_own_days(
             while _unpublished(store, COMMUNE):
                 assert time.monotonic() < deadline, "the commune's backlog did not flow"
                 time.sleep(0.2)
-            ends = _published_ends(store, prefix)
+            ends = published_ends(store, prefix)
             wait_for_positions(view, ends, 120, worker)
             for replica in (phohien, thaibinh):
                 wait_applied(replica, ends, 120)
@@ -377,15 +378,6 @@ def _unpublished(store: Engine, node: str | None = None) -> int:
         query = query.where(outbox.c.origin == node)
     with store.connect() as conn:
         return int(conn.execute(query).scalar_one())
-
-
-def _published_ends(store: Engine, prefix: str) -> dict[tuple[str, int], int]:
-    with store.connect() as conn:
-        rows = conn.execute(select(outbox.c.topic, outbox.c.kafka_partition,
-                                   func.max(outbox.c.kafka_offset))
-                            .where(outbox.c.published_at.is_not(None))
-                            .group_by(outbox.c.topic, outbox.c.kafka_partition)).all()
-    return {(prefix + topic, int(p)): int(last) + 1 for topic, p, last in rows}
 
 
 def _all_events(store: Engine, published: bool | None = None) -> list[AnyEvent]:
