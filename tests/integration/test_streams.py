@@ -115,6 +115,32 @@ def wait_until(predicate: Any, timeout: float, what: str, worker: WorkerProcess 
                detail=(lambda: worker.output()) if worker is not None else None)
 
 
+def last_assignment(worker: WorkerProcess, topic: str) -> set[int] | None:
+    """The ``topic`` partitions of the worker's last logged assignment (its INFO line
+    ``assigned [((topic, partition), offset), ...]``), or None before the first."""
+    import ast
+    import re
+    found = re.findall(r"motcua\.streams: assigned (\[.*\])", worker.log.read_text(
+        errors="replace"))
+    if not found:
+        return None
+    return {p for (t, p), _ in ast.literal_eval(found[-1]) if t == topic}
+
+
+def split_between(topic: str, partitions: int, *workers: WorkerProcess) -> bool:
+    """Each worker's last assignment holds some of ``topic``'s partitions, no two share
+    one, and together they hold all of them."""
+    for w in workers:
+        if not w.alive():
+            raise AssertionError(f"worker exited before the partitions were shared: "
+                                 f"{w.output()}")
+    shares = [last_assignment(w, topic) for w in workers]
+    if any(not s for s in shares):
+        return False
+    held = [p for s in shares if s for p in s]
+    return len(held) == len(set(held)) == partitions
+
+
 def test_kill_9_mid_stream_and_restart_is_exact(tmp_path: Path, broker: Broker,
                                                 kafka_config: dict[str, Any], prefix: str,
                                                 workload: Workload) -> None:
@@ -155,16 +181,21 @@ def test_two_workers_share_six_partitions_and_one_takes_over(
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{settings.test_pg_url}?options=-csearch_path%3D{schema}"
     provision(kafka_config, prefix, dossier_partitions=6)
-    ends = produce(kafka_config, prefix, workload.records)
-    total = sum(ends.values())
     w1 = WorkerProcess(tmp_path, broker.bootstrap, prefix, workload.keys_dir, name="w1",
                        store_url=url, MOTCUA_STREAMS_BATCH="50")
     w2 = WorkerProcess(tmp_path, broker.bootstrap, prefix, workload.keys_dir, name="w2",
                        store_url=url, MOTCUA_STREAMS_BATCH="50")
     view = store_view(url, workload.keys_dir, prefix)
     try:
-        w1.start()
-        w2.start()
+        # The records go in only once the group has split the partitions between the two:
+        # a worker that joins late would otherwise find its share already folded by the
+        # first (it did, in a CI run on Kafka) and never fold anything.
+        w1.start("--loglevel", "INFO")
+        w2.start("--loglevel", "INFO")
+        wait_until(lambda: split_between(prefix + "dossier-events", 6, w1, w2), 120,
+                   "the two workers to share the partitions", w1)
+        ends = produce(kafka_config, prefix, workload.records)
+        total = sum(ends.values())
 
         def owners() -> set[str]:
             from streams.tables import positions
