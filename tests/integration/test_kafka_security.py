@@ -27,12 +27,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sqlalchemy import func, select
 
 from consumers.sync.replica import Replica
 from infra.db import make_engine
 from infra.kafka.cluster import KafkaCluster, Security
-from infra.node_tables import outbox
 from infra.settings import SettingsError, load_settings, ssl_context
 from producers.store import count_unpublished
 from schemas.snapshot import totals
@@ -40,7 +38,14 @@ from schemas.topics import COUNTERS, REGISTRY
 from streams.reader import read_snapshots
 from tests.conftest import broker_kinds, kafka_lib, unique_prefix
 from tests.integration.test_broker import MOTCUA, cli_env
-from tests.streams_support import CliProcess, WorkerProcess, Workload, simulate, store_view
+from tests.streams_support import (
+    CliProcess,
+    WorkerProcess,
+    Workload,
+    published_ends,
+    simulate,
+    store_view,
+)
 from tests.sync_support import SyncProcess, node_calls, node_rows, wait_applied
 
 USER, PASSWORD = "motcua", "s3cret-Pa55"
@@ -177,17 +182,6 @@ def prefix_for(tmp_path: Path) -> str:
     return unique_prefix("sec")
 
 
-def outbox_ends(store: str, prefix: str) -> dict[tuple[str, int], int]:
-    """Per partition, the offset after the last event the relay recorded as published."""
-    engine = make_engine(store)
-    with engine.connect() as conn:
-        rows = conn.execute(select(outbox.c.topic, outbox.c.kafka_partition,
-                                   func.max(outbox.c.kafka_offset))
-                            .group_by(outbox.c.topic, outbox.c.kafka_partition)).all()
-    engine.dispose()
-    return {(prefix + topic, int(part)): int(last) + 1 for topic, part, last in rows}
-
-
 def wait_for(predicate: Any, timeout: float, what: str, *procs: CliProcess) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -249,7 +243,7 @@ def test_every_process_reaches_the_cluster_through_the_settings(
                  "the relay to publish the outbox", relay)
         relay.stop()
         assert relay.proc is not None and relay.proc.returncode == 0, relay.output()
-        ends = outbox_ends(store, prefix)
+        ends = published_ends(engine, prefix)
         assert sum(ends.values()) == len(workload.records)
 
         view = store_view(worker.store_url, workload.keys_dir, prefix)

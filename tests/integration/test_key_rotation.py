@@ -31,7 +31,13 @@ from schemas.keys import Keyring, init_keystore, load_registry
 from schemas.nodes import node_ids
 from streams.store import StreamStore
 from tests.conftest import Broker, unique_prefix
-from tests.streams_support import WorkerProcess, produce, provision, store_view
+from tests.streams_support import (
+    WorkerProcess,
+    produce,
+    provision,
+    published_ends,
+    store_view,
+)
 from tests.sync_support import node_rows, sync_thread
 
 NODE = "11977"
@@ -49,13 +55,7 @@ def published(store: Engine, prefix: str, timeout: float = 60) -> dict[tuple[str
     while count_unpublished(store):
         assert time.monotonic() < deadline, "the relay did not publish the outbox"
         time.sleep(0.1)
-    ends: dict[tuple[str, int], int] = {}
-    with store.connect() as conn:
-        for r in conn.execute(select(outbox.c.topic, outbox.c.kafka_partition,
-                                     outbox.c.kafka_offset)):
-            tp = (prefix + r.topic, int(r.kafka_partition))
-            ends[tp] = max(ends.get(tp, 0), int(r.kafka_offset) + 1)
-    return ends
+    return published_ends(store, prefix)
 
 
 def chain(store: Engine) -> list[AnyEvent]:
